@@ -1,0 +1,106 @@
+"""kreabot's settings: one pydantic-settings object read from the environment and ``.env``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+#: How each setting can be fixed, shown when it is missing or malformed.
+HINTS: dict[str, str] = {
+    "DISCORD_TOKEN": "set it to your bot's token from the Discord developer portal (Bot tab)",
+    "PIXAZO_API_KEY": "set it to your Pixazo subscription key (pixazo.ai, API keys)",
+    "PIXAZO_BASE_URL": "use an http(s) origin such as https://gateway.pixazo.ai",
+    "DATABASE_PATH": "use a writable file path such as data/kreabot.sqlite3",
+    "LOG_LEVEL": "use one of DEBUG, INFO, WARNING, ERROR",
+}
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message is one line that is safe to print."""
+
+
+class Settings(BaseSettings):
+    """Every setting kreabot reads. Secrets are ``SecretStr`` and never printed."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=True,
+        hide_input_in_errors=True,
+    )
+
+    DISCORD_TOKEN: SecretStr
+    PIXAZO_API_KEY: SecretStr
+    PIXAZO_BASE_URL: str = "https://gateway.pixazo.ai"
+    DATABASE_PATH: Path = Path("data/kreabot.sqlite3")
+    LOG_LEVEL: LogLevel = "INFO"
+
+    #: Register the slash commands in this guild only (instant; for testing).
+    DEV_GUILD_ID: int | None = None
+    #: Jobs talking to the gateway at once, across all servers.
+    MAX_CONCURRENT_JOBS: Annotated[int, Field(ge=1, le=10_000)] = 20
+    #: Status requests per second, across all jobs.
+    STATUS_POLLS_PER_SECOND: Annotated[float, Field(gt=0, le=1000)] = 10.0
+    #: Give up on a job the gateway has not finished after this many seconds.
+    JOB_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+    #: Largest reference attachment accepted, in bytes.
+    MAX_REFERENCE_BYTES: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
+    #: Largest generated image downloaded from the gateway, in bytes.
+    MAX_DOWNLOAD_BYTES: Annotated[int, Field(ge=1024)] = 50 * 1024 * 1024
+    #: Longest prompt accepted by /imagine.
+    MAX_PROMPT_LENGTH: Annotated[int, Field(ge=10, le=4000)] = 1500
+
+    @field_validator("DISCORD_TOKEN", "PIXAZO_API_KEY")
+    @classmethod
+    def _not_blank(cls, value: SecretStr) -> SecretStr:
+        secret = value.get_secret_value()
+        if not secret.strip():
+            raise ValueError("is empty")
+        if secret != secret.strip() or any(ch.isspace() for ch in secret):
+            raise ValueError("contains spaces")
+        return value
+
+    @field_validator("PIXAZO_BASE_URL")
+    @classmethod
+    def _origin(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("is not an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("LOG_LEVEL", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+def _describe(error: dict[str, object]) -> str:
+    loc = error.get("loc") or ()
+    name = str(loc[0]) if isinstance(loc, tuple) and loc else "settings"
+    kind = error.get("type")
+    if kind == "missing":
+        problem = "is not set"
+    else:
+        problem = str(error.get("msg", "is invalid")).removeprefix("Value error, ")
+        if not problem.startswith(("is ", "contains ")):
+            problem = f"is invalid ({problem})"
+    hint = HINTS.get(name)
+    return f"{name} {problem}: {hint}" if hint else f"{name} {problem}"
+
+
+def load_settings(env_file: str | Path | None = ".env") -> Settings:
+    """Read the settings, or raise :class:`SettingsError` with one clear line."""
+    try:
+        return Settings(_env_file=env_file)
+    except ValidationError as exc:
+        errors = exc.errors(include_input=False, include_url=False)
+        first = _describe(dict(errors[0]))
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise SettingsError(first + more) from None

@@ -282,12 +282,14 @@ class PixazoClient:
         schedule: PollSchedule | Iterable[float] | None = None,
         on_status: Callable[[StatusResponse], Awaitable[None]] | None = None,
         wake: asyncio.Event | None = None,
+        before_poll: Callable[[], Awaitable[None]] | None = None,
     ) -> StatusResponse:
         """Poll until the job is terminal and return its COMPLETED status.
 
         Raises :class:`JobFailed` for FAILED/ERROR and :class:`PixazoTimeout` when
         ``max_wait`` seconds pass. ``wake``, when set by someone (e.g. a webhook), cuts the
-        current sleep short.
+        current sleep short; ``before_poll`` is awaited before each status call (a shared
+        rate limit, for example).
         """
         delays: Iterator[float]
         if schedule is None:
@@ -313,6 +315,8 @@ class PixazoClient:
                 wake.clear()
             else:
                 await self._sleep(delay)
+            if before_poll is not None:
+                await before_poll()
             result = await self.status(request_id, polling_url)
             last_status = result.status
             if on_status is not None:

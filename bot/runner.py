@@ -1,0 +1,357 @@
+"""The job runner: turns stored jobs into results. It knows nothing of slash commands.
+
+Each job runs in its own task: submit (paid, never blindly repeated), poll under a
+shared rate limit, download, hand the image to a :class:`JobObserver` (the Discord
+side), and persist every transition so a restart can pick the job up again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.pixazo import (
+    BadRequest,
+    ConnectionFailed,
+    DownloadedMedia,
+    DownloadRejected,
+    InsufficientBalance,
+    JobFailed,
+    PixazoClient,
+    PixazoError,
+    PixazoTimeout,
+    PollSchedule,
+    RateLimited,
+    ServerError,
+    StatusResponse,
+    Unauthorized,
+)
+from bot.ratelimit import TokenBucket
+from bot.storage.jobs import ACTIVE_STATES, Job, JobRepository, JobState
+
+log = logging.getLogger(__name__)
+
+#: Words in a FAILED job's error that mean the model's content filter refused it.
+SAFETY_WORDS = ("safety", "nsfw", "content", "flagged", "moderation", "policy", "inappropriate")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a running job stands, for its message."""
+
+    stage: str  # queued | submitted | processing | waiting
+    elapsed: float = 0.0
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a job did not produce an image. ``kind`` picks the wording shown to members."""
+
+    kind: str
+    detail: str = ""
+    retryable: bool = False
+
+
+class JobObserver(Protocol):
+    """What the runner tells the outside world (implemented by the Discord side)."""
+
+    async def job_progress(self, job: Job, progress: Progress) -> None:
+        """The job moved; show it (implementations rate-limit their edits)."""
+
+    async def job_result(self, job: Job, media: DownloadedMedia) -> int | None:
+        """The image exists: post it and return the id of the message that holds it."""
+
+    async def job_failed(self, job: Job, failure: Failure) -> None:
+        """The job ended without an image: say why."""
+
+
+def classify_job_failure(exc: JobFailed) -> Failure:
+    """FAILED with a safety reason is a refusal; ERROR is the gateway's own fault."""
+    text = (exc.error or "").lower()
+    if exc.job_status == "FAILED" and any(word in text for word in SAFETY_WORDS):
+        return Failure("refused", exc.error or "")
+    if exc.job_status == "ERROR":
+        return Failure("error", exc.error or "", retryable=True)
+    return Failure("failed", exc.error or "", retryable=True)
+
+
+class JobRunner:
+    """Runs jobs concurrently with a global concurrency limit and a shared poll rate."""
+
+    def __init__(
+        self,
+        repo: JobRepository,
+        client: PixazoClient,
+        observer: JobObserver,
+        *,
+        max_concurrent: int = 20,
+        polls_per_second: float = 10.0,
+        job_timeout: float = 600.0,
+        max_download_bytes: int = 50 * 1024 * 1024,
+        poll_schedule: PollSchedule | None = None,
+        retry_wait: float = 5.0,
+        webhook_url_for: Callable[[Job], str | None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.repo = repo
+        self.client = client
+        self.observer = observer
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self.polls = TokenBucket(polls_per_second)
+        self._job_timeout = job_timeout
+        self._max_download = max_download_bytes
+        self._schedule = poll_schedule or PollSchedule()
+        self._retry_wait = retry_wait
+        self._webhook_url_for = webhook_url_for
+        self._clock = clock
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._wakes: dict[int, asyncio.Event] = {}
+        self._closing = False
+
+    # -- public ------------------------------------------------------------------
+
+    def start(self, job: Job) -> None:
+        """Run ``job`` in the background (no-op if it already runs)."""
+        if self._closing or job.id in self._tasks:
+            return
+        task = asyncio.create_task(self._guarded(job), name=f"job-{job.id}")
+        self._tasks[job.id] = task
+        task.add_done_callback(functools.partial(self._forget, job.id))
+
+    def _forget(self, job_id: int, task: asyncio.Task[None]) -> None:
+        if self._tasks.get(job_id) is task:
+            del self._tasks[job_id]
+
+    def running(self) -> int:
+        """How many jobs have a task."""
+        return len(self._tasks)
+
+    def wake(self, job_id: int) -> bool:
+        """Cut the current poll wait of a job short (e.g. a webhook arrived)."""
+        event = self._wakes.get(job_id)
+        if event is None:
+            return False
+        event.set()
+        return True
+
+    async def resume(self) -> list[Job]:
+        """Pick up every unfinished job after a start. Returns the jobs resumed."""
+        resumed = []
+        for job in await self.repo.in_states(ACTIVE_STATES):
+            if job.state is JobState.SUBMITTING:
+                # The submit may have reached the gateway (and been charged): never re-send it.
+                await self.repo.update(
+                    job,
+                    state=JobState.INTERRUPTED,
+                    error_kind="interrupted",
+                    finished_at=self._clock(),
+                )
+                await self._notify_failure(job, Failure("interrupted", retryable=True))
+                continue
+            self.start(job)
+            resumed.append(job)
+        return resumed
+
+    async def close(self) -> None:
+        """Stop every job task; their state is persisted and they resume on the next start."""
+        self._closing = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def join(self) -> None:
+        """Wait until no job is running (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
+
+    # -- the job's life ----------------------------------------------------------
+
+    async def _guarded(self, job: Job) -> None:
+        try:
+            await self._run(job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s: unexpected error", job.id)
+            try:
+                await self.repo.update(
+                    job, state=JobState.FAILED, error_kind="internal", finished_at=self._clock()
+                )
+                await self._notify_failure(job, Failure("internal", f"job {job.id}"))
+            except Exception:
+                log.exception("job %s: could not record the failure", job.id)
+
+    async def _run(self, job: Job) -> None:
+        if job.state is JobState.PENDING:
+            await self._progress(job, Progress("queued"))
+        async with self._slots:
+            if job.state is JobState.PENDING:
+                if not await self._submit(job):
+                    return
+            if job.state in (JobState.SUBMITTED, JobState.PROCESSING):
+                status = await self._poll(job)
+                if status is None:
+                    return
+                assert status.output is not None
+                await self.repo.update(
+                    job,
+                    state=JobState.DELIVERING,
+                    media_url=status.output.media_url[0],
+                    finished_at=self._clock(),
+                )
+        if job.state is JobState.DELIVERING:
+            await self._deliver(job)
+
+    async def _submit(self, job: Job) -> bool:
+        webhook = self._webhook_url_for(job) if self._webhook_url_for else None
+        deadline = time.monotonic() + self._job_timeout
+        while True:
+            await self.repo.update(job, state=JobState.SUBMITTING)
+            try:
+                accepted = await self.client.submit(job.params, webhook_url=webhook)
+            except (RateLimited, ConnectionFailed) as exc:
+                certain_not_taken = isinstance(exc, RateLimited) or not getattr(exc, "sent", True)
+                if not certain_not_taken:
+                    await self._fail(job, Failure("uncertain", exc.message, retryable=True))
+                    return False
+                await self.repo.update(job, state=JobState.PENDING)
+                wait = getattr(exc, "retry_after", None) or self._retry_wait
+                if time.monotonic() + wait > deadline:
+                    kind = "rate_limited" if isinstance(exc, RateLimited) else "gateway_down"
+                    await self._fail(job, Failure(kind, exc.message, retryable=True))
+                    return False
+                note = "rate limited" if isinstance(exc, RateLimited) else "gateway unreachable"
+                await self._progress(job, Progress("waiting", note=f"{note}, retrying"))
+                await asyncio.sleep(wait)
+                continue
+            except PixazoTimeout as exc:
+                await self._fail(job, Failure("uncertain", exc.message, retryable=True))
+                return False
+            except InsufficientBalance as exc:
+                await self._fail(job, Failure("balance", exc.message, retryable=True))
+                return False
+            except Unauthorized as exc:
+                log.error("job %s: the gateway refused the Pixazo API key (%s)", job.id, exc.status)
+                await self._fail(job, Failure("unauthorized", retryable=True))
+                return False
+            except BadRequest as exc:
+                await self._fail(job, Failure("bad_request", exc.message))
+                return False
+            except ServerError as exc:
+                await self._fail(job, Failure("gateway_down", exc.message, retryable=True))
+                return False
+            except PixazoError as exc:
+                await self._fail(job, Failure("gateway_down", exc.message, retryable=True))
+                return False
+            await self.repo.update(
+                job,
+                state=JobState.SUBMITTED,
+                request_id=accepted.request_id,
+                polling_url=accepted.polling_url,
+                submitted_at=self._clock(),
+            )
+            log.info("job %s: submitted as %s", job.id, accepted.request_id)
+            await self._progress(job, Progress("submitted"))
+            return True
+
+    async def _poll(self, job: Job) -> StatusResponse | None:
+        assert job.request_id is not None
+        wake = self._wakes.setdefault(job.id, asyncio.Event())
+        started = job.submitted_at or self._clock()
+
+        async def on_status(status: StatusResponse) -> None:
+            elapsed = self._clock() - started
+            if status.status == "PROCESSING" and job.state is JobState.SUBMITTED:
+                await self.repo.update(job, state=JobState.PROCESSING)
+            if not status.terminal:
+                await self._progress(job, Progress(status.status.lower(), elapsed))
+
+        try:
+            while True:
+                remaining = started + self._job_timeout - self._clock()
+                try:
+                    return await self.client.wait(
+                        job.request_id,
+                        polling_url=job.polling_url,
+                        max_wait=max(remaining, 0.0),
+                        schedule=self._schedule,
+                        on_status=on_status,
+                        wake=wake,
+                        before_poll=self.polls.acquire,
+                    )
+                except (RateLimited, ServerError, ConnectionFailed) as exc:
+                    if isinstance(exc, RateLimited) and exc.retry_after:
+                        self.polls.pause(exc.retry_after)
+                    note = "rate limited" if isinstance(exc, RateLimited) else "gateway busy"
+                    await self._progress(
+                        job, Progress("waiting", self._clock() - started, f"{note}, retrying")
+                    )
+                    await asyncio.sleep(self._retry_wait)
+        except JobFailed as exc:
+            await self._fail(job, classify_job_failure(exc))
+        except PixazoTimeout:
+            await self._fail(job, Failure("timeout", retryable=True))
+        except PixazoError as exc:
+            await self._fail(job, Failure("gateway_down", exc.message, retryable=True))
+        finally:
+            self._wakes.pop(job.id, None)
+        return None
+
+    async def _deliver(self, job: Job) -> None:
+        assert job.media_url is not None
+        for attempt in range(4):
+            try:
+                media = await self.client.download(job.media_url, max_bytes=self._max_download)
+                message_id = await self.observer.job_result(job, media)
+            except DownloadRejected as exc:
+                await self._fail(job, Failure("download", exc.message))
+                return
+            except Exception as exc:
+                log.warning("job %s: delivery attempt %d failed: %r", job.id, attempt + 1, exc)
+                await asyncio.sleep(min(30.0, self._retry_wait * 2**attempt))
+                continue
+            await self.repo.update(
+                job,
+                state=JobState.COMPLETED,
+                result_message_id=message_id,
+                delivered_at=self._clock(),
+            )
+            log.info("job %s: delivered in message %s", job.id, message_id)
+            return
+        await self._fail(job, Failure("delivery", retryable=True))
+
+    # -- helpers -----------------------------------------------------------------
+
+    async def _fail(self, job: Job, failure: Failure) -> None:
+        state = JobState.INTERRUPTED if failure.kind == "uncertain" else JobState.FAILED
+        await self.repo.update(
+            job,
+            state=state,
+            error_kind=failure.kind,
+            error_text=failure.detail[:1000] or None,
+            finished_at=self._clock(),
+        )
+        log.info("job %s: %s (%s)", job.id, failure.kind, failure.detail)
+        await self._notify_failure(job, failure)
+
+    async def _notify_failure(self, job: Job, failure: Failure) -> None:
+        await self._safely(self.observer.job_failed(job, failure), job)
+
+    async def _progress(self, job: Job, progress: Progress) -> None:
+        await self._safely(self.observer.job_progress(job, progress), job)
+
+    @staticmethod
+    async def _safely(call: Awaitable[None], job: Job) -> None:
+        try:
+            await call
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s: could not update its message", job.id)

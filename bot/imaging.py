@@ -1,0 +1,40 @@
+"""Image helpers (Pillow): fitting a result under Discord's upload limit."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+
+
+def fit_under(data: bytes, limit: int, stem: str) -> tuple[bytes, str]:
+    """Return ``(bytes, filename)`` no larger than ``limit``: the PNG as is when it fits,
+    otherwise re-encoded as JPEG, lowering quality and then the pixel size until it fits."""
+    if len(data) <= limit:
+        return data, f"{stem}.png"
+    with Image.open(io.BytesIO(data)) as opened:
+        image = opened.convert("RGB")
+    scale = 1.0
+    while True:
+        frame = image
+        if scale < 1.0:
+            size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+            frame = image.resize(size, Image.Resampling.LANCZOS)
+        for quality in (92, 85, 75, 60):
+            buffer = io.BytesIO()
+            frame.save(buffer, format="JPEG", quality=quality, optimize=True)
+            if buffer.tell() <= limit:
+                return buffer.getvalue(), f"{stem}.jpg"
+        if frame.width <= 16 or frame.height <= 16:
+            raise ValueError("the image cannot be made small enough")
+        scale *= 0.75
+
+
+def thumbnail(data: bytes, edge: int) -> bytes:
+    """A JPEG copy of an image whose long edge is at most ``edge`` pixels."""
+    with Image.open(io.BytesIO(data)) as opened:
+        image = opened.convert("RGB")
+    image.thumbnail((edge, edge), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()

@@ -1,0 +1,155 @@
+"""``/imagine``: turns a slash command into a durable generation job."""
+
+from __future__ import annotations
+
+import secrets
+from typing import TYPE_CHECKING, Any, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.parsing import parse_moodboard, parse_styles
+from bot.pixazo import InvalidRequest, build_request
+from bot.pixazo.models import SEED_MAX, STRENGTH_MAX, STRENGTH_MIN
+
+if TYPE_CHECKING:
+    from bot.app import KreaBot
+
+#: Content types accepted for reference images.
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+#: Strength sent for the ``avoid`` attachment: pushes away from that look.
+AVOID_STRENGTH = -1.0
+
+CREATIVITY_CHOICES = [
+    app_commands.Choice(name="raw: minimal interpretation, most literal", value="raw"),
+    app_commands.Choice(name="low: strict adherence to the prompt", value="low"),
+    app_commands.Choice(name="medium: balanced (default)", value="medium"),
+    app_commands.Choice(name="high: highly creative drift", value="high"),
+]
+AspectOption = Literal["1:1", "4:3", "3:2", "16:9", "2.35:1", "4:5", "2:3", "9:16"]
+
+
+def reference_entry(attachment: discord.Attachment, strength: float, role: str) -> dict[str, Any]:
+    """How a reference attachment is remembered on the job."""
+    return {
+        "role": role,
+        "url": attachment.url,
+        "proxy_url": attachment.proxy_url,
+        "filename": attachment.filename,
+        "content_type": attachment.content_type,
+        "size": attachment.size,
+        "strength": strength,
+    }
+
+
+def check_image(attachment: discord.Attachment, option: str, max_bytes: int) -> None:
+    """Refuse anything but a png/jpeg/webp/gif under the cap."""
+    content_type = (attachment.content_type or "").split(";")[0].strip().lower()
+    is_image = content_type in IMAGE_TYPES or (
+        not content_type and attachment.filename.lower().endswith(IMAGE_EXTENSIONS)
+    )
+    if not is_image:
+        raise InvalidRequest(
+            f"`{option}` must be a PNG, JPEG, WebP or GIF image; "
+            f"`{attachment.filename[:80]}` is {content_type or 'not an image'}"
+        )
+    if attachment.size > max_bytes:
+        raise InvalidRequest(
+            f"`{option}` is {attachment.size / 1048576:.1f} MiB; "
+            f"the limit is {max_bytes / 1048576:.0f} MiB"
+        )
+
+
+class ImagineCog(commands.Cog):
+    """The /imagine command."""
+
+    def __init__(self, bot: KreaBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(name="imagine", description="Generate an image with Krea 2")
+    @app_commands.describe(
+        prompt="What to draw: be descriptive",
+        aspect="Aspect ratio of the image",
+        creativity="How loosely the model reads the prompt",
+        seed="Seed for a reproducible image (random if empty)",
+        reference="An image whose style guides the result",
+        reference2="A second style reference",
+        reference3="A third style reference",
+        reference4="A fourth style reference",
+        reference_strength="How strongly the references pull (-2 to 2, default 1)",
+        avoid="An image whose look the result should move away from",
+        styles="Krea style ids, comma-separated, each with optional :strength",
+        moodboard="A Krea moodboard UUID, optionally with :strength",
+    )
+    @app_commands.choices(creativity=CREATIVITY_CHOICES)
+    async def imagine(
+        self,
+        interaction: discord.Interaction[Any],
+        prompt: app_commands.Range[str, 1, 1500],
+        aspect: AspectOption | None = None,
+        creativity: app_commands.Choice[str] | None = None,
+        seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
+        reference: discord.Attachment | None = None,
+        reference2: discord.Attachment | None = None,
+        reference3: discord.Attachment | None = None,
+        reference4: discord.Attachment | None = None,
+        reference_strength: app_commands.Range[float, STRENGTH_MIN, STRENGTH_MAX] = 1.0,
+        avoid: discord.Attachment | None = None,
+        styles: app_commands.Range[str, 1, 1000] | None = None,
+        moodboard: app_commands.Range[str, 1, 100] | None = None,
+    ) -> None:
+        """Validate locally, acknowledge at once, then hand a durable job to the runner."""
+        settings = self.bot.settings
+        try:
+            if len(prompt) > settings.MAX_PROMPT_LENGTH:
+                raise InvalidRequest(
+                    f"the prompt is {len(prompt)} characters; the limit is "
+                    f"{settings.MAX_PROMPT_LENGTH}"
+                )
+            refs: list[dict[str, Any]] = []
+            for option, attachment in (
+                ("reference", reference),
+                ("reference2", reference2),
+                ("reference3", reference3),
+                ("reference4", reference4),
+            ):
+                if attachment is not None:
+                    check_image(attachment, option, settings.MAX_REFERENCE_BYTES)
+                    refs.append(reference_entry(attachment, reference_strength, "reference"))
+            if avoid is not None:
+                check_image(avoid, "avoid", settings.MAX_REFERENCE_BYTES)
+                refs.append(reference_entry(avoid, AVOID_STRENGTH, "avoid"))
+            style_list = parse_styles(styles)
+            board = parse_moodboard(moodboard)
+            params = build_request(
+                prompt=prompt.strip(),
+                aspect_ratio=aspect or "1:1",
+                creativity=creativity.value if creativity else "medium",
+                seed=seed if seed is not None else secrets.randbelow(SEED_MAX + 1),
+                image_style_references=[
+                    {"image_url": r["url"], "strength": r["strength"]} for r in refs
+                ],
+                styles=style_list,
+                moodboards=[board] if board else [],
+            )
+        except InvalidRequest as exc:
+            await interaction.response.send_message(
+                f"❌ {exc.message}. Nothing was sent.",
+                ephemeral=True,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+            return
+        await interaction.response.defer(thinking=True)
+        sources = {
+            "aspect_ratio": "option" if aspect else "default",
+            "creativity": "option" if creativity else "default",
+            "seed": "option" if seed is not None else "random",
+        }
+        await self.bot.launch(interaction, params, sources=sources, refs=refs)
+
+
+async def setup(bot: KreaBot) -> None:
+    """Load the cog."""
+    await bot.add_cog(ImagineCog(bot))

@@ -1,0 +1,285 @@
+"""What the buttons under a result do: regenerate, vary, remix, reframe, delete, retry.
+
+Vary values (Krea 2 has no image-to-image, so the result becomes a style reference):
+
+* subtle: same seed, the result as a reference at strength 1.2, creativity ``low``;
+* strong: new seed, the result as a reference at strength 0.6, creativity ``high``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.ext import commands
+
+from bot.components import UNAVAILABLE
+from bot.pixazo import ImageStyleReference, TextToImageRequest
+from bot.pixazo.models import SEED_MAX
+from bot.storage.jobs import Job, JobState
+
+if TYPE_CHECKING:
+    from bot.app import KreaBot
+
+log = logging.getLogger(__name__)
+
+VARY = {
+    "subtle": {"strength": 1.2, "creativity": "low", "new_seed": False},
+    "strong": {"strength": 0.6, "creativity": "high", "new_seed": True},
+}
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+class ReferencesGone(Exception):
+    """A reference image can no longer be fetched with a valid URL."""
+
+
+def new_seed() -> int:
+    """A random seed in Krea's range."""
+    return secrets.randbelow(SEED_MAX + 1)
+
+
+class RemixModal(discord.ui.Modal, title="Remix"):
+    """The prompt (and seed) of a result, ready to edit."""
+
+    def __init__(self, cog: VariationsCog, job: Job) -> None:
+        super().__init__(timeout=None, custom_id=f"krea:remixed:{job.id}")
+        self.cog = cog
+        self.job_id = job.id
+        self.prompt: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
+            label="Prompt",
+            style=discord.TextStyle.paragraph,
+            default=job.params.prompt[:4000],
+            max_length=min(4000, cog.bot.settings.MAX_PROMPT_LENGTH),
+        )
+        self.seed: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
+            label="Seed (empty for a random one)",
+            default=str(job.seed),
+            required=False,
+            max_length=10,
+        )
+        self.add_item(self.prompt)
+        self.add_item(self.seed)
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        seed_text = self.seed.value.strip()
+        if seed_text and (not seed_text.isdigit() or int(seed_text) > SEED_MAX):
+            await interaction.response.send_message(
+                f"❌ The seed must be a whole number from 0 to {SEED_MAX}.", ephemeral=True
+            )
+            return
+        prompt = self.prompt.value.strip()
+        if not prompt:
+            await interaction.response.send_message(
+                "❌ The prompt cannot be empty.", ephemeral=True
+            )
+            return
+        seed = int(seed_text) if seed_text else new_seed()
+        await self.cog.derive(interaction, self.job_id, "remix", prompt=prompt, seed=seed)
+
+
+class VariationsCog(commands.Cog):
+    """Implements :class:`bot.components.ResultActions`."""
+
+    def __init__(self, bot: KreaBot) -> None:
+        self.bot = bot
+
+    async def cog_load(self) -> None:
+        self.bot.result_actions = self
+
+    async def cog_unload(self) -> None:
+        self.bot.result_actions = None
+
+    # -- permission and lookup ------------------------------------------------------
+
+    async def _load(self, interaction: discord.Interaction[Any], job_id: int) -> Job | None:
+        job = await self.bot.jobs.get(job_id)
+        if job is None or (
+            interaction.guild_id is not None and job.guild_id != interaction.guild_id
+        ):
+            await interaction.response.send_message(UNAVAILABLE, ephemeral=True)
+            return None
+        return job
+
+    # -- ResultActions ----------------------------------------------------------------
+
+    async def regenerate(self, interaction: discord.Interaction[Any], job_id: int) -> None:
+        """Same parameters, new random seed."""
+        await self.derive(interaction, job_id, "regenerate", seed=new_seed())
+
+    async def vary(self, interaction: discord.Interaction[Any], job_id: int, mode: str) -> None:
+        """The result as a style reference (see the module docstring for the values)."""
+        await self.derive(interaction, job_id, f"vary_{mode}")
+
+    async def remix(self, interaction: discord.Interaction[Any], job_id: int) -> None:
+        """Open a modal with the prompt and seed."""
+        job = await self._load(interaction, job_id)
+        if job is not None:
+            await interaction.response.send_modal(RemixModal(self, job))
+
+    async def reframe(
+        self, interaction: discord.Interaction[Any], job_id: int, ratios: list[str]
+    ) -> None:
+        """One new job per chosen aspect ratio, same prompt, seed and style inputs."""
+        if not ratios:
+            await interaction.response.send_message(
+                "Pick at least one aspect ratio.", ephemeral=True
+            )
+            return
+        await self.derive(interaction, job_id, "reframe", ratios=ratios)
+
+    async def retry(self, interaction: discord.Interaction[Any], job_id: int) -> None:
+        """Send a failed or interrupted job again as a new job."""
+        job = await self.bot.jobs.get(job_id)
+        if job is not None and job.state not in (JobState.FAILED, JobState.INTERRUPTED):
+            await interaction.response.send_message(
+                "This job does not need a retry.", ephemeral=True
+            )
+            return
+        await self.derive(interaction, job_id, "retry")
+
+    async def delete(self, interaction: discord.Interaction[Any], job_id: int) -> None:
+        """Remove the result: the requester or a member with Manage Messages only."""
+        job = await self._load(interaction, job_id)
+        if job is None:
+            return
+        if interaction.user.id != job.user_id and not interaction.permissions.manage_messages:
+            await interaction.response.send_message(
+                "Only the member who asked for this image, or someone with Manage Messages, "
+                "can delete it.",
+                ephemeral=True,
+            )
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        message_id = job.result_message_id or (interaction.message and interaction.message.id)
+        channel = await self.bot.delivery.channel_for(job)
+        try:
+            if message_id:
+                await channel.get_partial_message(message_id).delete()
+        except discord.NotFound:
+            pass
+        except discord.Forbidden:
+            await interaction.followup.send(
+                "I am not allowed to delete that message here.", ephemeral=True
+            )
+            return
+        await interaction.followup.send("🗑️ Deleted.", ephemeral=True)
+
+    # -- making new jobs ------------------------------------------------------------
+
+    async def derive(
+        self,
+        interaction: discord.Interaction[Any],
+        job_id: int,
+        variant: str,
+        *,
+        prompt: str | None = None,
+        seed: int | None = None,
+        ratios: list[str] | None = None,
+    ) -> None:
+        """Acknowledge, then start the job(s) derived from ``job_id``."""
+        job = await self._load(interaction, job_id)
+        if job is None:
+            return
+        await interaction.response.defer(thinking=True)
+        try:
+            references = await self.current_references(job)
+            if variant.startswith("vary_"):
+                references.append(await self.result_reference(job, VARY[variant[5:]]))
+        except ReferencesGone as exc:
+            await interaction.edit_original_response(
+                content=f"❌ {exc} Nothing was sent.", allowed_mentions=NO_MENTIONS
+            )
+            return
+        base = job.params.model_copy(
+            update={"image_style_references": tuple(ref for ref, _ in references)}
+        )
+        refs = [entry for _, entry in references]
+        changes: dict[str, Any] = {}
+        if prompt is not None:
+            changes["prompt"] = prompt
+        if seed is not None:
+            changes["seed"] = seed
+        if variant.startswith("vary_"):
+            settings = VARY[variant[5:]]
+            changes["creativity"] = settings["creativity"]
+            if settings["new_seed"]:
+                changes["seed"] = new_seed()
+        first = True
+        targets: list[str | None] = list(ratios) if ratios else [None]
+        for ratio in targets:
+            update = dict(changes)
+            if ratio is not None:
+                update["aspect_ratio"] = ratio
+            params = TextToImageRequest.model_validate({**base.model_dump(), **update})
+            sources = dict(job.sources)
+            sources.update({key: "option" for key in update})
+            await self.bot.launch(
+                interaction,
+                params,
+                sources=sources,
+                refs=refs,
+                parent_id=job.id,
+                variant=variant,
+                followup=not first,
+            )
+            first = False
+
+    async def current_references(
+        self, job: Job
+    ) -> list[tuple[ImageStyleReference, dict[str, Any]]]:
+        """The job's references with URLs that are valid now (re-fetched from their message)."""
+        result = []
+        for entry in job.refs:
+            url = None
+            if entry.get("message_id"):
+                url = await self.bot.delivery.fresh_attachment_url(
+                    job, entry["message_id"], entry["filename"], proxy=False
+                )
+            if url is None:
+                raise ReferencesGone(
+                    "The reference images of this result are no longer available "
+                    "(its message was deleted)."
+                )
+            strength = float(entry.get("strength", 1.0))
+            result.append((ImageStyleReference(image_url=url, strength=strength), entry))
+        return result
+
+    async def result_reference(
+        self, job: Job, settings: dict[str, Any]
+    ) -> tuple[ImageStyleReference, dict[str, Any]]:
+        """The result image itself as a style reference, with a fresh URL."""
+        if job.result_message_id is None:
+            raise ReferencesGone("This job has no image to vary.")
+        filename = await self._result_filename(job)
+        url = filename and await self.bot.delivery.fresh_attachment_url(
+            job, job.result_message_id, filename, proxy=False
+        )
+        if not url:
+            raise ReferencesGone("The image of this result is no longer available.")
+        entry = {
+            "role": "result",
+            "message_id": job.result_message_id,
+            "filename": filename,
+            "strength": settings["strength"],
+        }
+        return ImageStyleReference(image_url=url, strength=settings["strength"]), entry
+
+    async def _result_filename(self, job: Job) -> str | None:
+        assert job.result_message_id is not None
+        channel = await self.bot.delivery.channel_for(job)
+        try:
+            message = await channel.fetch_message(job.result_message_id)
+        except discord.NotFound:
+            return None
+        for attachment in message.attachments:
+            if attachment.filename.startswith(f"krea-{job.id}-"):
+                return attachment.filename
+        return None
+
+
+async def setup(bot: KreaBot) -> None:
+    """Load the cog."""
+    await bot.add_cog(VariationsCog(bot))

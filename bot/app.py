@@ -17,13 +17,15 @@ from bot.components import DYNAMIC_ITEMS, PREFIX, UNAVAILABLE, is_known_custom_i
 from bot.config import Settings
 from bot.delivery import TOKEN_LIFETIME, DiscordDelivery
 from bot.pixazo import PixazoClient, PollSchedule, TextToImageRequest
+from bot.resolution import Inputs, Resolved, resolve
 from bot.runner import JobRunner
 from bot.storage.jobs import Job, JobRepository, NewJob
+from bot.storage.settings import SettingsRepository
 
 log = logging.getLogger(__name__)
 
 #: The cogs loaded at start, in order.
-EXTENSIONS: tuple[str, ...] = ("cogs.imagine", "cogs.variations")
+EXTENSIONS: tuple[str, ...] = ("cogs.imagine", "cogs.variations", "cogs.settings")
 
 
 class KreaTree(app_commands.CommandTree["KreaBot"]):
@@ -84,6 +86,7 @@ class KreaBot(commands.Bot):
         self.db = db
         self.clock = clock
         self.jobs = JobRepository(db, clock)
+        self.guild_settings = SettingsRepository(db, clock)
         self.pixazo = PixazoClient(
             session,
             settings.PIXAZO_API_KEY.get_secret_value(),
@@ -152,6 +155,14 @@ class KreaBot(commands.Bot):
         await self.delivery.announce(job, interaction, followup=followup)
         self.runner.start(job)
         return job
+
+    async def resolve(self, interaction: discord.Interaction[Any], inputs: Inputs) -> Resolved:
+        """The effective parameters for a job asked for in ``interaction``."""
+        config = prefs = None
+        if interaction.guild_id is not None:
+            config = await self.guild_settings.guild(interaction.guild_id)
+            prefs = await self.guild_settings.prefs(interaction.guild_id, interaction.user.id)
+        return resolve(inputs, config=config, channel_id=interaction.channel_id, prefs=prefs)
 
     async def sync_commands(self) -> None:
         """Register the slash commands (to DEV_GUILD_ID only, when set)."""

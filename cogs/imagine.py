@@ -9,9 +9,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.parsing import parse_moodboard, parse_styles
-from bot.pixazo import InvalidRequest, build_request
+from bot.pixazo import InvalidRequest
 from bot.pixazo.models import SEED_MAX, STRENGTH_MAX, STRENGTH_MIN
+from bot.resolution import Inputs
 
 if TYPE_CHECKING:
     from bot.app import KreaBot
@@ -28,6 +28,7 @@ CREATIVITY_CHOICES = [
     app_commands.Choice(name="medium: balanced (default)", value="medium"),
     app_commands.Choice(name="high: highly creative drift", value="high"),
 ]
+NO_MENTIONS = discord.AllowedMentions.none()
 AspectOption = Literal["1:1", "4:3", "3:2", "16:9", "2.35:1", "4:5", "2:3", "9:16"]
 
 
@@ -80,10 +81,11 @@ class ImagineCog(commands.Cog):
         reference4="A fourth style reference",
         reference_strength="How strongly the references pull (-2 to 2, default 1)",
         avoid="An image whose look the result should move away from",
-        styles="Krea style ids, comma-separated, each with optional :strength",
-        moodboard="A Krea moodboard UUID, optionally with :strength",
+        styles="Style ids or presets, comma-separated, each id with optional :strength",
+        moodboard="A moodboard preset, or a Krea moodboard UUID with optional :strength",
     )
     @app_commands.choices(creativity=CREATIVITY_CHOICES)
+    @app_commands.guild_only()
     async def imagine(
         self,
         interaction: discord.Interaction[Any],
@@ -108,6 +110,8 @@ class ImagineCog(commands.Cog):
                     f"the prompt is {len(prompt)} characters; the limit is "
                     f"{settings.MAX_PROMPT_LENGTH}"
                 )
+            if not prompt.strip():
+                raise InvalidRequest("the prompt is empty")
             refs: list[dict[str, Any]] = []
             for option, attachment in (
                 ("reference", reference),
@@ -121,33 +125,74 @@ class ImagineCog(commands.Cog):
             if avoid is not None:
                 check_image(avoid, "avoid", settings.MAX_REFERENCE_BYTES)
                 refs.append(reference_entry(avoid, AVOID_STRENGTH, "avoid"))
-            style_list = parse_styles(styles)
-            board = parse_moodboard(moodboard)
-            params = build_request(
-                prompt=prompt.strip(),
-                aspect_ratio=aspect or "1:1",
-                creativity=creativity.value if creativity else "medium",
-                seed=seed if seed is not None else secrets.randbelow(SEED_MAX + 1),
-                image_style_references=[
-                    {"image_url": r["url"], "strength": r["strength"]} for r in refs
-                ],
-                styles=style_list,
-                moodboards=[board] if board else [],
-            )
         except InvalidRequest as exc:
-            await interaction.response.send_message(
-                f"❌ {exc.message}. Nothing was sent.",
-                ephemeral=True,
-                allowed_mentions=discord.AllowedMentions.none(),
-            )
+            await refuse(interaction, exc.message)
             return
+        # Acknowledge before any database or network work.
         await interaction.response.defer(thinking=True)
-        sources = {
-            "aspect_ratio": "option" if aspect else "default",
-            "creativity": "option" if creativity else "default",
-            "seed": "option" if seed is not None else "random",
-        }
-        await self.bot.launch(interaction, params, sources=sources, refs=refs)
+        inputs = Inputs(
+            prompt=prompt,
+            seed=seed if seed is not None else secrets.randbelow(SEED_MAX + 1),
+            aspect_ratio=aspect,
+            creativity=creativity.value if creativity else None,
+            styles=styles,
+            moodboard=moodboard,
+            references=refs,
+        )
+        try:
+            resolved = await self.bot.resolve(interaction, inputs)
+        except InvalidRequest as exc:
+            await refuse(interaction, exc.message)
+            return
+        if seed is None:
+            resolved.sources["seed"] = "random"
+        await self.bot.launch(interaction, resolved.request, sources=resolved.sources, refs=refs)
+
+    @imagine.autocomplete("styles")
+    async def styles_autocomplete(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        """Style presets of this server, completing the last comma-separated item."""
+        if interaction.guild_id is None:
+            return []
+        config = await self.bot.guild_settings.guild(interaction.guild_id)
+        head, _, last = current.rpartition(",")
+        prefix = f"{head}, " if head else ""
+        names = [n for n in config.style_presets if last.strip().lower() in n.lower()]
+        return [
+            app_commands.Choice(name=f"{prefix}{n}"[:100], value=f"{prefix}{n}"[:100])
+            for n in names[:25]
+        ]
+
+    @imagine.autocomplete("moodboard")
+    async def moodboard_autocomplete(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        """Moodboard presets of this server."""
+        if interaction.guild_id is None:
+            return []
+        config = await self.bot.guild_settings.guild(interaction.guild_id)
+        names = [n for n in config.moodboard_presets if current.strip().lower() in n.lower()]
+        return [app_commands.Choice(name=n, value=n) for n in names[:25]]
+
+
+async def refuse(interaction: discord.Interaction[Any], text: str) -> None:
+    """Tell the member what is wrong, privately; nothing was sent to Pixazo.
+
+    After the public deferral the "thinking" reply is removed and the explanation sent
+    as an ephemeral follow-up, so bad input never leaves a public message behind.
+    """
+    message = f"❌ {text}. Nothing was sent."
+    if not interaction.response.is_done():
+        await interaction.response.send_message(
+            message, ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+        return
+    try:
+        await interaction.delete_original_response()
+    except discord.HTTPException:
+        pass
+    await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
 async def setup(bot: KreaBot) -> None:

@@ -1,0 +1,448 @@
+"""``/settings`` (server and channel defaults, presets) and ``/prefer`` (a member's own)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.parsing import parse_strength
+from bot.pixazo import InvalidRequest, Moodboard
+from bot.pixazo.models import (
+    MOODBOARD_STRENGTH_MAX,
+    MOODBOARD_STRENGTH_MIN,
+)
+from bot.resolution import expand_moodboard, expand_styles
+from bot.storage.settings import SERVER, GuildConfig
+
+if TYPE_CHECKING:
+    from bot.app import KreaBot
+
+NO_MENTIONS = discord.AllowedMentions.none()
+Scope = Literal["server", "channel"]
+AspectChoice = Literal["1:1", "4:3", "3:2", "16:9", "2.35:1", "4:5", "2:3", "9:16"]
+CreativityChoice = Literal["raw", "low", "medium", "high"]
+PRESET_NAME = re.compile(r"^[\w][\w \-]{0,31}$")
+#: Largest batch a server can allow (the /imagine ``count`` option's maximum).
+COUNT_LIMIT = 4
+
+
+class NotAllowed(app_commands.CheckFailure):
+    """The member may not change settings here."""
+
+
+async def can_manage(interaction: discord.Interaction[Any]) -> bool:
+    """Manage Server, checked at run time (admins can override command permissions)."""
+    if interaction.guild_id is None:
+        raise NotAllowed("Settings only exist inside a server.")
+    if not interaction.permissions.manage_guild:
+        raise NotAllowed("You need the Manage Server permission to change kreabot's settings.")
+    return True
+
+
+def _channel_key(interaction: discord.Interaction[Any], scope: str) -> int:
+    if scope == "channel":
+        assert interaction.channel_id is not None
+        return interaction.channel_id
+    return SERVER
+
+
+def _where(interaction: discord.Interaction[Any], scope: str) -> str:
+    return f"<#{interaction.channel_id}>" if scope == "channel" else "this server"
+
+
+def describe_config(config: GuildConfig, channel_id: int | None) -> str:
+    """A readable summary of the effective defaults in a channel."""
+    server = config.server
+    channel = config.channel(channel_id)
+    lines = []
+
+    def fmt(key: str, render: Any) -> None:
+        label = key.replace("_", " ")
+        if key in channel:
+            lines.append(f"**{label}**: {render(channel[key])} (this channel)")
+        elif key in server:
+            lines.append(f"**{label}**: {render(server[key])} (server)")
+
+    fmt(
+        "moodboard",
+        lambda b: f"{b.get('name') or '`' + b['id'] + '`'} ×{b['strength']:g}",
+    )
+    fmt("moodboard_locked", lambda v: "members cannot change it" if v else "members may change it")
+    fmt("styles", lambda styles: ", ".join(f"`{s['id']}` ×{s['strength']:g}" for s in styles))
+    fmt("creativity", str)
+    fmt("aspect_ratio", str)
+    fmt("count_max", str)
+    fmt(
+        "press_policy",
+        lambda v: "only the requester" if v == "requester" else "anyone in the channel",
+    )
+    if not lines:
+        lines.append("No defaults: Krea's own apply (1:1, medium creativity, no styles).")
+    if config.style_presets:
+        lines.append("**style presets**: " + ", ".join(sorted(config.style_presets)))
+    if config.moodboard_presets:
+        lines.append("**moodboard presets**: " + ", ".join(sorted(config.moodboard_presets)))
+    return "\n".join(lines)
+
+
+class SettingsCog(commands.Cog):
+    """Server, channel and member defaults."""
+
+    settings = app_commands.Group(
+        name="settings", description="kreabot's defaults for this server", guild_only=True
+    )
+    moodboard = app_commands.Group(
+        name="moodboard", description="Default moodboard", parent=settings
+    )
+    styles = app_commands.Group(name="styles", description="Default styles", parent=settings)
+    creativity = app_commands.Group(
+        name="creativity", description="Default creativity", parent=settings
+    )
+    aspect = app_commands.Group(name="aspect", description="Default aspect ratio", parent=settings)
+    count_max = app_commands.Group(
+        name="count_max", description="Largest batch members may ask for", parent=settings
+    )
+    buttons = app_commands.Group(
+        name="buttons", description="Who may press variation buttons", parent=settings
+    )
+    preset = app_commands.Group(
+        name="preset", description="Named styles and moodboards", parent=settings
+    )
+
+    def __init__(self, bot: KreaBot) -> None:
+        self.bot = bot
+
+    async def _reply(self, interaction: discord.Interaction[Any], text: str) -> None:
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+    async def _set(
+        self, interaction: discord.Interaction[Any], scope: str, key: str, value: Any
+    ) -> None:
+        assert interaction.guild_id is not None
+        await self.bot.guild_settings.set(
+            interaction.guild_id,
+            _channel_key(interaction, scope),
+            key,
+            value,
+            by=interaction.user.id,
+        )
+
+    async def _clear(self, interaction: discord.Interaction[Any], scope: str, *keys: str) -> bool:
+        assert interaction.guild_id is not None
+        cleared = False
+        for key in keys:
+            cleared |= await self.bot.guild_settings.clear(
+                interaction.guild_id, _channel_key(interaction, scope), key
+            )
+        return cleared
+
+    async def _cleared(
+        self, interaction: discord.Interaction[Any], scope: str, what: str, *keys: str
+    ) -> None:
+        if await self._clear(interaction, scope, *keys):
+            await self._reply(
+                interaction, f"✅ Cleared the default {what} for {_where(interaction, scope)}."
+            )
+        else:
+            await self._reply(
+                interaction, f"There was no default {what} for {_where(interaction, scope)}."
+            )
+
+    # -- show ------------------------------------------------------------------------
+
+    @settings.command(name="show", description="The defaults in effect here")
+    async def show(self, interaction: discord.Interaction[Any]) -> None:
+        """Readable by anyone."""
+        assert interaction.guild_id is not None
+        config = await self.bot.guild_settings.guild(interaction.guild_id)
+        await self._reply(interaction, describe_config(config, interaction.channel_id))
+
+    # -- moodboard -------------------------------------------------------------------
+
+    @moodboard.command(name="set", description="Apply a moodboard to every image")
+    @app_commands.describe(
+        moodboard="A moodboard preset name or a Krea moodboard UUID",
+        strength="How strongly it applies (-0.5 to 1.5, default 0.23)",
+        scope="The whole server or only this channel",
+        lock="Stop members from choosing another moodboard with /imagine",
+    )
+    @app_commands.check(can_manage)
+    async def moodboard_set(
+        self,
+        interaction: discord.Interaction[Any],
+        moodboard: app_commands.Range[str, 1, 100],
+        strength: str | None = None,
+        scope: Scope = "server",
+        lock: bool = False,
+    ) -> None:
+        assert interaction.guild_id is not None
+        config = await self.bot.guild_settings.guild(interaction.guild_id)
+        try:
+            found = expand_moodboard(moodboard, config)
+            assert found is not None
+            board, name = found
+            if strength is not None:
+                value = parse_strength(
+                    strength,
+                    low=MOODBOARD_STRENGTH_MIN,
+                    high=MOODBOARD_STRENGTH_MAX,
+                    what="moodboard",
+                )
+                board = Moodboard(id=board.id, strength=value)
+        except InvalidRequest as exc:
+            await self._reply(interaction, f"❌ {exc.message}. Nothing changed.")
+            return
+        stored = {"id": str(board.id), "strength": board.strength, "name": name}
+        await self._set(interaction, scope, "moodboard", stored)
+        await self._set(interaction, scope, "moodboard_locked", lock)
+        label = name or f"`{board.id}`"
+        await self._reply(
+            interaction,
+            f"✅ Every image in {_where(interaction, scope)} now uses moodboard {label} "
+            f"×{board.strength:g}" + (" (locked)." if lock else "."),
+        )
+
+    @moodboard.command(name="clear", description="Stop applying a default moodboard")
+    @app_commands.check(can_manage)
+    async def moodboard_clear(
+        self, interaction: discord.Interaction[Any], scope: Scope = "server"
+    ) -> None:
+        await self._cleared(interaction, scope, "moodboard", "moodboard", "moodboard_locked")
+
+    # -- styles ----------------------------------------------------------------------
+
+    @styles.command(name="set", description="Apply styles to every image")
+    @app_commands.describe(
+        styles="Style ids (each with optional :strength) or style presets, comma-separated",
+        scope="The whole server or only this channel",
+    )
+    @app_commands.check(can_manage)
+    async def styles_set(
+        self,
+        interaction: discord.Interaction[Any],
+        styles: app_commands.Range[str, 1, 1000],
+        scope: Scope = "server",
+    ) -> None:
+        assert interaction.guild_id is not None
+        config = await self.bot.guild_settings.guild(interaction.guild_id)
+        try:
+            parsed = expand_styles(styles, config)
+        except InvalidRequest as exc:
+            await self._reply(interaction, f"❌ {exc.message}. Nothing changed.")
+            return
+        value = [{"id": s.id, "strength": s.strength} for s in parsed]
+        await self._set(interaction, scope, "styles", value)
+        listed = ", ".join(f"`{s.id}` ×{s.strength:g}" for s in parsed)
+        await self._reply(
+            interaction, f"✅ Default styles for {_where(interaction, scope)}: {listed}."
+        )
+
+    @styles.command(name="clear", description="Stop applying default styles")
+    @app_commands.check(can_manage)
+    async def styles_clear(
+        self, interaction: discord.Interaction[Any], scope: Scope = "server"
+    ) -> None:
+        await self._cleared(interaction, scope, "styles", "styles")
+
+    # -- simple values ---------------------------------------------------------------
+
+    @creativity.command(name="set", description="Default creativity")
+    @app_commands.check(can_manage)
+    async def creativity_set(
+        self,
+        interaction: discord.Interaction[Any],
+        value: CreativityChoice,
+        scope: Scope = "server",
+    ) -> None:
+        await self._set(interaction, scope, "creativity", value)
+        await self._reply(
+            interaction, f"✅ Default creativity for {_where(interaction, scope)}: {value}."
+        )
+
+    @creativity.command(name="clear", description="Remove the default creativity")
+    @app_commands.check(can_manage)
+    async def creativity_clear(
+        self, interaction: discord.Interaction[Any], scope: Scope = "server"
+    ) -> None:
+        await self._cleared(interaction, scope, "creativity", "creativity")
+
+    @aspect.command(name="set", description="Default aspect ratio")
+    @app_commands.check(can_manage)
+    async def aspect_set(
+        self, interaction: discord.Interaction[Any], value: AspectChoice, scope: Scope = "server"
+    ) -> None:
+        await self._set(interaction, scope, "aspect_ratio", value)
+        await self._reply(
+            interaction, f"✅ Default aspect ratio for {_where(interaction, scope)}: {value}."
+        )
+
+    @aspect.command(name="clear", description="Remove the default aspect ratio")
+    @app_commands.check(can_manage)
+    async def aspect_clear(
+        self, interaction: discord.Interaction[Any], scope: Scope = "server"
+    ) -> None:
+        await self._cleared(interaction, scope, "aspect ratio", "aspect_ratio")
+
+    @count_max.command(name="set", description="Largest batch (/imagine count) members may ask for")
+    @app_commands.check(can_manage)
+    async def count_max_set(
+        self,
+        interaction: discord.Interaction[Any],
+        value: app_commands.Range[int, 1, COUNT_LIMIT],
+        scope: Scope = "server",
+    ) -> None:
+        await self._set(interaction, scope, "count_max", value)
+        await self._reply(
+            interaction, f"✅ Largest batch in {_where(interaction, scope)}: {value}."
+        )
+
+    @count_max.command(name="clear", description="Allow batches up to 4 again")
+    @app_commands.check(can_manage)
+    async def count_max_clear(
+        self, interaction: discord.Interaction[Any], scope: Scope = "server"
+    ) -> None:
+        await self._cleared(interaction, scope, "batch limit", "count_max")
+
+    @buttons.command(name="set", description="Who may press regenerate, vary, remix and reframe")
+    @app_commands.check(can_manage)
+    async def buttons_set(
+        self,
+        interaction: discord.Interaction[Any],
+        who: Literal["anyone", "requester"],
+        scope: Scope = "server",
+    ) -> None:
+        await self._set(interaction, scope, "press_policy", who)
+        text = "only the member who asked" if who == "requester" else "anyone in the channel"
+        await self._reply(
+            interaction, f"✅ In {_where(interaction, scope)}, {text} may press them."
+        )
+
+    @buttons.command(name="clear", description="Let anyone press variation buttons again")
+    @app_commands.check(can_manage)
+    async def buttons_clear(
+        self, interaction: discord.Interaction[Any], scope: Scope = "server"
+    ) -> None:
+        await self._cleared(interaction, scope, "button rule", "press_policy")
+
+    # -- presets ---------------------------------------------------------------------
+
+    @preset.command(name="add", description="Name a set of styles or a moodboard")
+    @app_commands.describe(
+        name="The name members will pick (letters, digits, spaces, - and _)",
+        kind="What the preset holds",
+        value="Styles (id[:strength], comma-separated) or a moodboard UUID[:strength]",
+    )
+    @app_commands.check(can_manage)
+    async def preset_add(
+        self,
+        interaction: discord.Interaction[Any],
+        name: app_commands.Range[str, 1, 32],
+        kind: Literal["styles", "moodboard"],
+        value: app_commands.Range[str, 1, 1000],
+    ) -> None:
+        assert interaction.guild_id is not None
+        name = name.strip()
+        if not PRESET_NAME.match(name):
+            await self._reply(
+                interaction,
+                "❌ Preset names use letters, digits, spaces, - and _. Nothing changed.",
+            )
+            return
+        try:
+            if kind == "styles":
+                parsed_styles = expand_styles(value, None)
+                if not parsed_styles:
+                    raise InvalidRequest("give at least one style id")
+                stored: Any = [{"id": s.id, "strength": s.strength} for s in parsed_styles]
+            else:
+                found = expand_moodboard(value, None)
+                assert found is not None
+                stored = {"id": str(found[0].id), "strength": found[0].strength}
+        except InvalidRequest as exc:
+            await self._reply(interaction, f"❌ {exc.message}. Nothing changed.")
+            return
+        await self.bot.guild_settings.add_preset(
+            interaction.guild_id,
+            "style" if kind == "styles" else "moodboard",
+            name,
+            stored,
+            by=interaction.user.id,
+        )
+        await self._reply(interaction, f"✅ Preset **{name}** ({kind}) saved.")
+
+    @preset.command(name="remove", description="Delete a preset")
+    @app_commands.check(can_manage)
+    async def preset_remove(
+        self,
+        interaction: discord.Interaction[Any],
+        name: app_commands.Range[str, 1, 32],
+        kind: Literal["styles", "moodboard"],
+    ) -> None:
+        assert interaction.guild_id is not None
+        removed = await self.bot.guild_settings.remove_preset(
+            interaction.guild_id, "style" if kind == "styles" else "moodboard", name.strip()
+        )
+        await self._reply(
+            interaction,
+            f"✅ Preset **{name}** removed."
+            if removed
+            else f"❌ There is no {kind} preset **{name}**.",
+        )
+
+    @preset.command(name="list", description="The presets of this server")
+    async def preset_list(self, interaction: discord.Interaction[Any]) -> None:
+        assert interaction.guild_id is not None
+        config = await self.bot.guild_settings.guild(interaction.guild_id)
+        lines = [
+            f"**{name}** (styles): " + ", ".join(f"`{s['id']}` ×{s['strength']:g}" for s in styles)
+            for name, styles in config.style_presets.items()
+        ] + [
+            f"**{name}** (moodboard): `{board['id']}` ×{board['strength']:g}"
+            for name, board in config.moodboard_presets.items()
+        ]
+        await self._reply(interaction, "\n".join(lines)[:1900] or "No presets yet.")
+
+    # -- /prefer ---------------------------------------------------------------------
+
+    @app_commands.command(name="prefer", description="Your own defaults in this server")
+    @app_commands.describe(
+        aspect="Your default aspect ratio",
+        creativity="Your default creativity",
+        suffix="Text appended to every prompt of yours",
+        clear="Forget all your defaults",
+    )
+    @app_commands.guild_only()
+    async def prefer(
+        self,
+        interaction: discord.Interaction[Any],
+        aspect: AspectChoice | None = None,
+        creativity: CreativityChoice | None = None,
+        suffix: app_commands.Range[str, 1, 200] | None = None,
+        clear: bool = False,
+    ) -> None:
+        """Set, show or clear a member's defaults."""
+        assert interaction.guild_id is not None
+        store = self.bot.guild_settings
+        guild_id, user_id = interaction.guild_id, interaction.user.id
+        if clear:
+            for key in ("aspect_ratio", "creativity", "suffix"):
+                await store.set_pref(guild_id, user_id, key, None)
+        for key, value in (
+            ("aspect_ratio", aspect),
+            ("creativity", creativity),
+            ("suffix", suffix),
+        ):
+            if value is not None:
+                await store.set_pref(guild_id, user_id, key, value.strip())
+        prefs = await store.prefs(guild_id, user_id)
+        shown = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in prefs.items()) or "none"
+        await self._reply(interaction, f"Your defaults here: {shown}.")
+
+
+async def setup(bot: KreaBot) -> None:
+    """Load the cog."""
+    await bot.add_cog(SettingsCog(bot))

@@ -101,7 +101,12 @@ class KreaBot(commands.Bot):
             polls_per_second=settings.STATUS_POLLS_PER_SECOND,
             job_timeout=settings.JOB_TIMEOUT_SECONDS,
             max_download_bytes=settings.MAX_DOWNLOAD_BYTES,
-            poll_schedule=poll_schedule,
+            poll_schedule=poll_schedule
+            or PollSchedule(
+                first=settings.POLL_FIRST_SECONDS,
+                interval=settings.POLL_INTERVAL_SECONDS,
+                cap=settings.POLL_MAX_INTERVAL_SECONDS,
+            ),
             retry_wait=retry_wait,
             clock=clock,
         )

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     MAX_CONCURRENT_JOBS: Annotated[int, Field(ge=1, le=10_000)] = 20
     #: Status requests per second, across all jobs.
     STATUS_POLLS_PER_SECOND: Annotated[float, Field(gt=0, le=1000)] = 10.0
+    #: First status poll this many seconds after a submit, then every POLL_INTERVAL_SECONDS,
+    #: growing to at most POLL_MAX_INTERVAL_SECONDS.
+    POLL_FIRST_SECONDS: Annotated[float, Field(ge=0.01, le=600)] = 2.0
+    POLL_INTERVAL_SECONDS: Annotated[float, Field(ge=0.01, le=600)] = 1.0
+    POLL_MAX_INTERVAL_SECONDS: Annotated[float, Field(ge=0.01, le=600)] = 5.0
     #: Give up on a job the gateway has not finished after this many seconds.
     JOB_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=86_400)] = 600.0
     #: Largest reference attachment accepted, in bytes.

@@ -160,6 +160,8 @@ class PixazoClient:
         if status < 400:
             return
         text = await self._error_text(response)
+        if self._api_key:  # the gateway's text is untrusted: it may echo the key back
+            text = text.replace(self._api_key, "[redacted]")
         if status == 400:
             raise BadRequest(text, status=status)
         if status in (401, 403):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -17,6 +18,7 @@ from bot.components import DYNAMIC_ITEMS, PREFIX, UNAVAILABLE, is_known_custom_i
 from bot.config import Settings
 from bot.delivery import TOKEN_LIFETIME, DiscordDelivery
 from bot.pixazo import PixazoClient, PollSchedule, TextToImageRequest
+from bot.pixazo.models import SEED_MAX
 from bot.resolution import Inputs, Resolved, resolve
 from bot.runner import JobRunner
 from bot.storage.jobs import Job, JobRepository, NewJob
@@ -26,6 +28,17 @@ log = logging.getLogger(__name__)
 
 #: The cogs loaded at start, in order.
 EXTENSIONS: tuple[str, ...] = ("cogs.imagine", "cogs.variations", "cogs.settings")
+
+
+@dataclass(frozen=True)
+class ChannelOrigin:
+    """Where a job asked for without an interaction (a reaction) comes from."""
+
+    guild_id: int | None
+    channel_id: int
+    user_id: int
+    reply_to: int | None = None
+    filesize_limit: int = 10 * 1024 * 1024
 
 
 class KreaTree(app_commands.CommandTree["KreaBot"]):
@@ -92,7 +105,9 @@ class KreaBot(commands.Bot):
             settings.PIXAZO_API_KEY.get_secret_value(),
             base_url=settings.PIXAZO_BASE_URL,
         )
-        self.delivery = DiscordDelivery(self, self.jobs, session, clock)
+        self.delivery = DiscordDelivery(
+            self, self.jobs, session, clock, download=self._download_media
+        )
         self.runner = JobRunner(
             self.jobs,
             self.pixazo,
@@ -113,6 +128,10 @@ class KreaBot(commands.Bot):
         self.result_actions: Any = None  # set by the variations cog
         self._sync_commands = sync_commands
 
+    async def _download_media(self, url: str) -> bytes:
+        media = await self.pixazo.download(url, max_bytes=self.settings.MAX_DOWNLOAD_BYTES)
+        return media.data
+
     async def setup_hook(self) -> None:
         """Load cogs, register persistent buttons, resume unfinished jobs, sync commands."""
         for extension in EXTENSIONS:
@@ -126,7 +145,7 @@ class KreaBot(commands.Bot):
 
     async def launch(
         self,
-        interaction: discord.Interaction[Any],
+        origin: discord.Interaction[Any] | ChannelOrigin,
         params: TextToImageRequest,
         *,
         sources: dict[str, str] | None = None,
@@ -134,32 +153,59 @@ class KreaBot(commands.Bot):
         parent_id: int | None = None,
         variant: str | None = None,
         followup: bool = False,
-    ) -> Job:
-        """Store a job for an acknowledged interaction, show it as queued and start it.
+        count: int = 1,
+    ) -> list[Job]:
+        """Store the job(s) asked for, show them as queued and start them.
 
-        The first job of an interaction takes over its deferred reply; with ``followup``
-        the job gets a follow-up message of its own (reframe makes several jobs at once).
+        From an acknowledged interaction the first job takes over its deferred reply; with
+        ``followup`` it gets a follow-up message of its own (reframe makes several jobs at
+        once). From a :class:`ChannelOrigin` (a reaction) the job message is a channel
+        message. ``count`` > 1 makes a batch: seeds ``seed, seed+1, ...`` sharing one message.
         """
-        assert interaction.channel_id is not None
-        job = await self.jobs.create(
-            NewJob(
-                guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id,
-                user_id=interaction.user.id,
-                params=params,
-                sources=sources or {},
-                refs=refs or [],
-                application_id=interaction.application_id,
-                interaction_token=interaction.token,
-                token_expires_at=self.clock() + TOKEN_LIFETIME,
-                filesize_limit=interaction.filesize_limit,
-                parent_id=parent_id,
-                variant=variant,
+        interaction = origin if isinstance(origin, discord.Interaction) else None
+        assert origin.channel_id is not None
+        if isinstance(origin, ChannelOrigin):
+            user_id, filesize_limit = origin.user_id, origin.filesize_limit
+        else:
+            user_id, filesize_limit = origin.user.id, origin.filesize_limit
+        jobs: list[Job] = []
+        sources = dict(sources or {})
+        if count > 1:
+            sources["count"] = str(count)
+        for index in range(count):
+            batch_params = params
+            if count > 1:
+                seed = ((params.seed or 0) + index) % (SEED_MAX + 1)
+                batch_params = params.model_copy(update={"seed": seed})
+            jobs.append(
+                await self.jobs.create(
+                    NewJob(
+                        guild_id=origin.guild_id,
+                        channel_id=origin.channel_id,
+                        user_id=user_id,
+                        params=batch_params,
+                        sources=sources,
+                        refs=refs or [],
+                        application_id=interaction.application_id if interaction else None,
+                        interaction_token=interaction.token if interaction else None,
+                        token_expires_at=self.clock() + TOKEN_LIFETIME if interaction else None,
+                        filesize_limit=filesize_limit,
+                        parent_id=parent_id,
+                        variant=variant,
+                        batch_id=jobs[0].id if jobs else None,
+                        batch_index=index if count > 1 else None,
+                    )
+                )
             )
-        )
-        await self.delivery.announce(job, interaction, followup=followup)
-        self.runner.start(job)
-        return job
+        if count > 1:
+            await self.jobs.update(jobs[0], batch_id=jobs[0].id, batch_index=0)
+        if isinstance(origin, ChannelOrigin):
+            await self.delivery.announce_in_channel(jobs, reply_to=origin.reply_to)
+        else:
+            await self.delivery.announce(jobs, origin, followup=followup)
+        for job in jobs:
+            self.runner.start(job)
+        return jobs
 
     async def resolve(self, interaction: discord.Interaction[Any], inputs: Inputs) -> Resolved:
         """The effective parameters for a job asked for in ``interaction``."""
@@ -168,6 +214,14 @@ class KreaBot(commands.Bot):
             config = await self.guild_settings.guild(interaction.guild_id)
             prefs = await self.guild_settings.prefs(interaction.guild_id, interaction.user.id)
         return resolve(inputs, config=config, channel_id=interaction.channel_id, prefs=prefs)
+
+    async def count_limit(self, guild_id: int | None, channel_id: int | None) -> int:
+        """The largest batch allowed here (channel, then server setting, else 4)."""
+        if guild_id is None:
+            return 4
+        config = await self.guild_settings.guild(guild_id)
+        value = config.channel(channel_id).get("count_max") or config.server.get("count_max")
+        return int(value) if value else 4
 
     async def sync_commands(self) -> None:
         """Register the slash commands (to DEV_GUILD_ID only, when set)."""

@@ -32,6 +32,7 @@ class ResultActions(Protocol):
     ) -> None: ...
     async def delete(self, interaction: discord.Interaction[Any], job_id: int) -> None: ...
     async def retry(self, interaction: discord.Interaction[Any], job_id: int) -> None: ...
+    async def open(self, interaction: discord.Interaction[Any], job_id: int) -> None: ...
 
 
 async def _actions(interaction: discord.Interaction[Any]) -> ResultActions | None:
@@ -74,10 +75,10 @@ class VaryButton(
 ):
     """The result becomes a style reference for a new image."""
 
-    def __init__(self, job_id: int, mode: str) -> None:
+    def __init__(self, job_id: int, mode: str, label: str | None = None) -> None:
         super().__init__(
             discord.ui.Button(
-                label=f"Vary ({mode})",
+                label=label or f"Vary ({mode})",
                 emoji="🌀" if mode == "strong" else "🪶",
                 style=discord.ButtonStyle.secondary,
                 custom_id=f"krea:vary:{mode}:{job_id}",
@@ -122,6 +123,34 @@ class RemixButton(
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         if actions := await _actions(interaction):
             await actions.remix(interaction, self.job_id)
+
+
+class OpenButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:open:(?P<job>[0-9]{1,19})"
+):
+    """Post one image of a batch full size, as a result of its own."""
+
+    def __init__(self, job_id: int, label: str = "Open") -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=label,
+                emoji="⤢",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"krea:open:{job_id}",
+                row=0,
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
+    ) -> OpenButton:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        if actions := await _actions(interaction):
+            await actions.open(interaction, self.job_id)
 
 
 class DeleteButton(
@@ -219,6 +248,7 @@ DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     DeleteButton,
     RetryButton,
     ReframeSelect,
+    OpenButton,
 )
 _PATTERNS = [item.__discord_ui_compiled_template__ for item in DYNAMIC_ITEMS]
 
@@ -244,4 +274,21 @@ def retry_view(job: Job) -> discord.ui.View:
     """The single Retry button under a failed or interrupted job."""
     view = discord.ui.View(timeout=None)
     view.add_item(RetryButton(job.id))
+    return view
+
+
+def batch_view(jobs: list[Job], present: list[bool]) -> discord.ui.View:
+    """Under a batch grid: open each image full size, vary each one, delete the batch."""
+    view = discord.ui.View(timeout=None)
+    for index, (job, ok) in enumerate(zip(jobs, present, strict=True)):
+        if ok:
+            view.add_item(OpenButton(job.id, label=f"{index + 1}"))
+    for index, (job, ok) in enumerate(zip(jobs, present, strict=True)):
+        if ok:
+            item = VaryButton(job.id, "subtle", label=f"V{index + 1}")
+            item.item.row = 1
+            view.add_item(item)
+    delete = DeleteButton(jobs[0].id)
+    delete.item.row = 2
+    view.add_item(delete)
     return view

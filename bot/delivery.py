@@ -11,15 +11,26 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import discord
 
-from bot.components import result_view, retry_view
-from bot.imaging import fit_under, thumbnail
-from bot.presenter import failure_content, progress_content, reference_embed, result_embed
+from bot.components import batch_view, result_view, retry_view
+from bot.imaging import fit_under, make_grid, thumbnail
+from bot.presenter import (
+    batch_embed,
+    failure_content,
+    progress_content,
+    reference_embed,
+    result_embed,
+    tile_embed,
+)
+from bot.storage.jobs import JobState
+
+#: States in which a job of a batch is done (its image exists, or never will).
+SETTLED = (JobState.DELIVERING, JobState.COMPLETED, JobState.FAILED, JobState.INTERRUPTED)
 
 if TYPE_CHECKING:
     from bot.pixazo import DownloadedMedia
@@ -52,10 +63,13 @@ class DiscordDelivery:
         repo: JobRepository,
         session: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,
+        download: Callable[[str], Awaitable[bytes]] | None = None,
     ) -> None:
         self.client = client
         self.repo = repo
         self.session = session
+        self.download = download or self._plain_download
+        self._batch_locks: dict[int, asyncio.Lock] = {}
         self.clock = clock
         self._last_edit: dict[int, tuple[float, str]] = {}
 
@@ -100,12 +114,12 @@ class DiscordDelivery:
         return True
 
     async def announce(
-        self, job: Job, interaction: discord.Interaction[Any], *, followup: bool = False
+        self, jobs: list[Job], interaction: discord.Interaction[Any], *, followup: bool = False
     ) -> None:
-        """Turn the deferred reply (or a new follow-up) into the job's message, queued."""
+        """Turn the deferred reply (or a new follow-up) into the jobs' message, queued."""
         from bot.runner import Progress
 
-        content = progress_content(job, Progress("queued"))
+        content = progress_content(jobs[0], Progress("queued"), batch=len(jobs))
         message: discord.Message
         if followup:
             message = await interaction.followup.send(
@@ -115,18 +129,48 @@ class DiscordDelivery:
             message = await interaction.edit_original_response(
                 content=content, allowed_mentions=NO_MENTIONS
             )
-        self._last_edit[job.id] = (time.monotonic(), "queued")
-        await self.repo.update(job, message_id=message.id)
+        await self._remember_message(jobs, message.id)
+
+    async def announce_in_channel(self, jobs: list[Job], *, reply_to: int | None) -> None:
+        """Post the jobs' message in their channel (no interaction to answer)."""
+        from bot.runner import Progress
+
+        channel = await self.channel_for(jobs[0])
+        reference = (
+            discord.MessageReference(
+                message_id=reply_to, channel_id=jobs[0].channel_id, fail_if_not_exists=False
+            )
+            if reply_to
+            else None
+        )
+        message = await channel.send(
+            progress_content(jobs[0], Progress("queued"), batch=len(jobs)),
+            reference=reference or discord.utils.MISSING,
+            allowed_mentions=NO_MENTIONS,
+        )
+        await self._remember_message(jobs, message.id)
+
+    async def _remember_message(self, jobs: list[Job], message_id: int) -> None:
+        for job in jobs:
+            self._last_edit[self._edit_key(job)] = (time.monotonic(), "queued")
+            await self.repo.update(job, message_id=message_id)
+
+    @staticmethod
+    def _edit_key(job: Job) -> int:
+        return -job.batch_id if job.batch_id else job.id
 
     # -- JobObserver -----------------------------------------------------------------
 
     async def job_progress(self, job: Job, progress: Progress) -> None:
         """Edit the job's message, at most every few seconds unless the stage changed."""
         now = time.monotonic()
-        last = self._last_edit.get(job.id)
+        key = self._edit_key(job)
+        last = self._last_edit.get(key)
         if last and last[1] == progress.stage and now - last[0] < PROGRESS_EDIT_INTERVAL:
             return
-        self._last_edit[job.id] = (now, progress.stage)
+        if job.batch_id and last and now - last[0] < PROGRESS_EDIT_INTERVAL:
+            return  # a batch shares one message: one edit per interval for all its jobs
+        self._last_edit[key] = (now, progress.stage)
         await self.edit_job_message(job, content=progress_content(job, progress))
 
     async def job_result(self, job: Job, media: DownloadedMedia) -> int | None:
@@ -135,6 +179,8 @@ class DiscordDelivery:
         The job's reference images ride along as small attachments, so that a regenerate
         pressed days later can re-fetch this message and send fresh, signed URLs.
         """
+        if job.batch_id:
+            return await self._batch_settled(job)
         self._last_edit.pop(job.id, None)
         ref_files = await self._reference_files(job)
         budget = job.filesize_limit - sum(len(data) for _, data, _ in ref_files)
@@ -198,11 +244,11 @@ class DiscordDelivery:
 
     async def fetch_reference(self, job: Job, entry: dict[str, Any]) -> bytes:
         """The bytes of a reference: from its message when it lives on one, else its URL."""
-        url = entry.get("proxy_url") or entry["url"]
+        url = entry.get("proxy_url") or entry.get("url")
         if entry.get("message_id"):
-            fresh = await self.fresh_attachment_url(job, entry["message_id"], entry["filename"])
-            if fresh:
-                url = fresh
+            url = await self.fresh_attachment_url(job, entry["message_id"], entry["filename"])
+        if not url:
+            raise LookupError("the reference's message is gone")
         async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=30)) as response:
             response.raise_for_status()
             return await response.content.read(MAX_REFERENCE_FETCH)
@@ -223,7 +269,9 @@ class DiscordDelivery:
 
     async def job_failed(self, job: Job, failure: Failure) -> None:
         """Say why in the job's message (or in a new one if it is gone)."""
-        self._last_edit.pop(job.id, None)
+        if job.batch_id and await self._batch_settled(job) is not None:
+            return  # the batch's grid shows the missing image
+        self._last_edit.pop(self._edit_key(job), None)
         content = failure_content(job, failure)
         view = retry_view(job) if failure.retryable else None
         fields: dict[str, Any] = {"content": content, "embed": None}
@@ -235,7 +283,101 @@ class DiscordDelivery:
                 content, view=view or discord.utils.MISSING, allowed_mentions=NO_MENTIONS
             )
 
+    # -- batches ---------------------------------------------------------------------
+
+    async def _batch_settled(self, job: Job) -> int | None:
+        """A job of a batch is done: post the grid once every job of the batch is done.
+
+        Returns the grid message's id (once posted), else None. A lock per batch makes
+        sure only one job posts it; the grid's id is stored on every job of the batch.
+        """
+        assert job.batch_id is not None
+        lock = self._batch_locks.setdefault(job.batch_id, asyncio.Lock())
+        async with lock:
+            jobs = await self.repo.batch(job.batch_id)
+            done = [j for j in jobs if j.id == job.id or j.state in SETTLED]
+            posted = next((j.result_message_id for j in jobs if j.result_message_id), None)
+            if posted is not None:
+                return posted
+            if len(done) < len(jobs):
+                return None
+            images: list[bytes | None] = []
+            for member in jobs:
+                data = None
+                if member.media_url and member.state is not JobState.FAILED:
+                    try:
+                        data = await self.download(member.media_url)
+                    except Exception as exc:
+                        log.warning(
+                            "batch %s: image of job %s lost: %r", job.batch_id, member.id, exc
+                        )
+                images.append(data)
+            if not any(images):
+                return None  # every job failed: each failure is shown as usual
+            message_id = await self._post_grid(jobs, images)
+            for member in jobs:
+                await self.repo.update(member, result_message_id=message_id)
+            self._batch_locks.pop(job.batch_id, None)
+            return message_id
+
+    async def _post_grid(self, jobs: list[Job], images: list[bytes | None]) -> int:
+        first = jobs[0]
+        share = first.filesize_limit // (len(jobs) + 2)
+        grid_data = await asyncio.to_thread(make_grid, images, share)
+        payload: list[tuple[str, bytes]] = [("grid.jpg", grid_data)]
+        tiles = []
+        for member, data in zip(jobs, images, strict=True):
+            if data is None:
+                continue
+            fitted, name = await asyncio.to_thread(
+                fit_under, data, share, f"krea-{member.id}-{member.seed}"
+            )
+            payload.append((name, fitted))
+            tiles.append((member, name))
+        embeds = [batch_embed(jobs, images, filename="grid.jpg")]
+        embeds += [tile_embed(member, name) for member, name in tiles][: 10 - len(embeds)]
+        view = batch_view(jobs, [data is not None for data in images])
+        content = f"<@{first.user_id}>'s {len(jobs)} images are ready"
+        if first.message_id is not None and first.token_valid(self.clock()):
+            try:
+                await self._webhook(first).edit_message(
+                    first.message_id,
+                    content=content,
+                    embeds=embeds,
+                    attachments=_files(payload),
+                    view=view,
+                    allowed_mentions=NO_MENTIONS,
+                )
+                return first.message_id
+            except discord.HTTPException as exc:
+                if exc.code not in (50027, 10008):
+                    raise
+        return await self._post(first, content, embeds, view, payload, reply=True)
+
+    async def publish_open(
+        self, job: Job, interaction: discord.Interaction[Any], data: bytes
+    ) -> int:
+        """Post one image of a batch as a result of its own, in reply to ``interaction``."""
+        fitted, filename = await asyncio.to_thread(
+            fit_under, data, job.filesize_limit, f"krea-{job.id}-{job.seed}"
+        )
+        embed = result_embed(job, filename=filename, parent_url=await self._parent_url(job))
+        message = await interaction.edit_original_response(
+            content=f"Image #{(job.batch_index or 0) + 1} of the batch",
+            embed=embed,
+            attachments=_files([(filename, fitted)]),
+            view=result_view(job),
+            allowed_mentions=NO_MENTIONS,
+        )
+        await self.repo.update(job, result_message_id=message.id)
+        return message.id
+
     # -- helpers ---------------------------------------------------------------------
+
+    async def _plain_download(self, url: str) -> bytes:
+        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=60)) as response:
+            response.raise_for_status()
+            return await response.read()
 
     async def _post(
         self,

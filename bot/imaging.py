@@ -38,3 +38,32 @@ def thumbnail(data: bytes, edge: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
+
+
+def make_grid(images: list[bytes | None], limit: int) -> bytes:
+    """A JPEG grid (two columns) of half-size tiles; a missing image is a dark tile."""
+    opened: list[Image.Image | None] = []
+    for data in images:
+        if data is None:
+            opened.append(None)
+            continue
+        with Image.open(io.BytesIO(data)) as source:
+            opened.append(source.convert("RGB"))
+    sample = next(image for image in opened if image is not None)
+    tile_w, tile_h = max(1, sample.width // 2), max(1, sample.height // 2)
+    columns, gap = 2, 4
+    rows = (len(opened) + columns - 1) // columns
+    size = (columns * tile_w + (columns - 1) * gap, rows * tile_h + (rows - 1) * gap)
+    grid = Image.new("RGB", size, "#111111")
+    for index, tile in enumerate(opened):
+        x, y = (index % columns) * (tile_w + gap), (index // columns) * (tile_h + gap)
+        if tile is None:
+            grid.paste(Image.new("RGB", (tile_w, tile_h), "#2a2a2a"), (x, y))
+        else:
+            grid.paste(tile.resize((tile_w, tile_h), Image.Resampling.LANCZOS), (x, y))
+    buffer = io.BytesIO()
+    grid.save(buffer, format="JPEG", quality=90)
+    data = buffer.getvalue()
+    if len(data) > limit:
+        data, _ = fit_under(data, limit, "grid")
+    return data

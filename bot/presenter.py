@@ -33,8 +33,9 @@ def format_elapsed(seconds: float) -> str:
     return f"{seconds // 60} min {seconds % 60:02d} s"
 
 
-def progress_content(job: Job, progress: Progress) -> str:
-    """The job message while it runs."""
+def progress_content(job: Job, progress: Progress, *, batch: int | None = None) -> str:
+    """The job message while it runs (``batch``: how many images share it)."""
+    batch = batch if batch is not None else batch_size(job)
     lines = {
         "queued": "⏳ **Queued**: waiting for a free slot",
         "submitted": "📨 **Sent to Krea 2**: waiting for a worker",
@@ -44,7 +45,17 @@ def progress_content(job: Job, progress: Progress) -> str:
     }
     stage = "queued_remote" if progress.stage == "queued" and job.request_id else progress.stage
     head = lines.get(stage, f"⏳ **{progress.stage.title()}**")
+    if batch > 1:
+        head += f" · {batch} images"
     return f"{head}\n{quote_prompt(job.params.prompt)}"
+
+
+def batch_size(job: Job) -> int:
+    """How many images the job's batch has (1 for a single job)."""
+    try:
+        return int(job.sources.get("count", "1"))
+    except ValueError:
+        return 1
 
 
 FAILURE_TEXT = {
@@ -157,6 +168,27 @@ def reference_embed(entry: dict[str, Any], filename: str) -> discord.Embed:
     role = "Avoid" if entry.get("role") == "avoid" else "Style reference"
     embed = discord.Embed(
         title=f"{role} ×{_strength(float(entry.get('strength', 1.0)))}", colour=EMBED_COLOUR
+    )
+    embed.set_thumbnail(url=f"attachment://{filename}")
+    return embed
+
+
+def batch_embed(jobs: list[Job], images: list[Any], *, filename: str) -> discord.Embed:
+    """The embed of a batch: the grid, every seed and the shared parameters."""
+    embed = result_embed(jobs[0], filename=filename)
+    seeds = " · ".join(
+        f"#{i + 1} `{job.seed}`" + ("" if image is not None else " (failed)")
+        for i, (job, image) in enumerate(zip(jobs, images, strict=True))
+    )
+    embed.set_field_at(0, name="Seeds", value=seeds, inline=False)
+    embed.set_footer(text=f"Krea 2 Large · jobs #{jobs[0].id}-#{jobs[-1].id}")
+    return embed
+
+
+def tile_embed(job: Job, filename: str) -> discord.Embed:
+    """A small embed holding one full-size image of a batch."""
+    embed = discord.Embed(
+        title=f"#{(job.batch_index or 0) + 1} · seed {job.seed}", colour=EMBED_COLOUR
     )
     embed.set_thumbnail(url=f"attachment://{filename}")
     return embed

@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 #: Content types accepted for reference images.
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+#: Largest ``count`` a server can allow.
+MAX_COUNT = 4
 #: Strength sent for the ``avoid`` attachment: pushes away from that look.
 AVOID_STRENGTH = -1.0
 
@@ -83,6 +85,7 @@ class ImagineCog(commands.Cog):
         avoid="An image whose look the result should move away from",
         styles="Style ids or presets, comma-separated, each id with optional :strength",
         moodboard="A moodboard preset, or a Krea moodboard UUID with optional :strength",
+        count="How many images (1-4), shown as one grid",
     )
     @app_commands.choices(creativity=CREATIVITY_CHOICES)
     @app_commands.guild_only()
@@ -101,6 +104,7 @@ class ImagineCog(commands.Cog):
         avoid: discord.Attachment | None = None,
         styles: app_commands.Range[str, 1, 1000] | None = None,
         moodboard: app_commands.Range[str, 1, 100] | None = None,
+        count: app_commands.Range[int, 1, MAX_COUNT] = 1,
     ) -> None:
         """Validate locally, acknowledge at once, then hand a durable job to the runner."""
         settings = self.bot.settings
@@ -146,7 +150,16 @@ class ImagineCog(commands.Cog):
             return
         if seed is None:
             resolved.sources["seed"] = "random"
-        await self.bot.launch(interaction, resolved.request, sources=resolved.sources, refs=refs)
+        allowed = await self.bot.count_limit(interaction.guild_id, interaction.channel_id)
+        if count > allowed:
+            await refuse(
+                interaction,
+                f"this server allows at most {allowed} image(s) per command, not {count}",
+            )
+            return
+        await self.bot.launch(
+            interaction, resolved.request, sources=resolved.sources, refs=refs, count=count
+        )
 
     @imagine.autocomplete("styles")
     async def styles_autocomplete(

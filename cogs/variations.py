@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
+from bot.app import ChannelOrigin
 from bot.components import UNAVAILABLE
 from bot.pixazo import ImageStyleReference, TextToImageRequest
 from bot.pixazo.models import SEED_MAX
@@ -30,6 +31,9 @@ VARY = {
     "strong": {"strength": 0.6, "creativity": "high", "new_seed": True},
 }
 NO_MENTIONS = discord.AllowedMentions.none()
+REQUESTER_ONLY = "On this server only the member who asked for an image can make new ones from it."
+REGENERATE_EMOJI = "🔁"
+DELETE_EMOJI = "❌"
 
 
 class ReferencesGone(Exception):
@@ -116,8 +120,12 @@ class VariationsCog(commands.Cog):
     async def remix(self, interaction: discord.Interaction[Any], job_id: int) -> None:
         """Open a modal with the prompt and seed."""
         job = await self._load(interaction, job_id)
-        if job is not None:
-            await interaction.response.send_modal(RemixModal(self, job))
+        if job is None:
+            return
+        if not await self.may_press(job, interaction.user.id, interaction.channel_id):
+            await interaction.response.send_message(REQUESTER_ONLY, ephemeral=True)
+            return
+        await interaction.response.send_modal(RemixModal(self, job))
 
     async def reframe(
         self, interaction: discord.Interaction[Any], job_id: int, ratios: list[str]
@@ -139,6 +147,24 @@ class VariationsCog(commands.Cog):
             )
             return
         await self.derive(interaction, job_id, "retry")
+
+    async def open(self, interaction: discord.Interaction[Any], job_id: int) -> None:
+        """Post one image of a batch full size, with the buttons of a single result."""
+        job = await self._load(interaction, job_id)
+        if job is None:
+            return
+        await interaction.response.defer(thinking=True)
+        filename = await self._result_filename(job) if job.result_message_id else None
+        url = filename and await self.bot.delivery.fresh_attachment_url(
+            job, job.result_message_id or 0, filename
+        )
+        if not url:
+            await interaction.edit_original_response(content=UNAVAILABLE)
+            return
+        async with self.bot.session.get(url) as response:
+            response.raise_for_status()
+            data = await response.read()
+        await self.bot.delivery.publish_open(job, interaction, data)
 
     async def delete(self, interaction: discord.Interaction[Any], job_id: int) -> None:
         """Remove the result: the requester or a member with Manage Messages only."""
@@ -167,6 +193,41 @@ class VariationsCog(commands.Cog):
             return
         await interaction.followup.send("🗑️ Deleted.", ephemeral=True)
 
+    # -- reactions -------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        """🔁 regenerates a result; ❌ deletes it. Same rules as the buttons."""
+        emoji = str(payload.emoji)
+        if emoji not in (REGENERATE_EMOJI, DELETE_EMOJI) or payload.guild_id is None:
+            return
+        if self.bot.user is not None and payload.user_id == self.bot.user.id:
+            return
+        job = await self.bot.jobs.by_result_message(payload.message_id)
+        if job is None or job.guild_id != payload.guild_id or job.result_message_id is None:
+            return
+        channel = await self.bot.delivery.channel_for(job)
+        if emoji == DELETE_EMOJI:
+            allowed = payload.user_id == job.user_id
+            if not allowed and payload.member is not None and hasattr(channel, "permissions_for"):
+                allowed = channel.permissions_for(payload.member).manage_messages
+            if allowed:
+                try:
+                    await channel.get_partial_message(job.result_message_id).delete()
+                except discord.HTTPException:
+                    log.info("job %s: could not delete its result", job.id)
+            return
+        if not await self.may_press(job, payload.user_id, payload.channel_id):
+            return
+        origin = ChannelOrigin(
+            guild_id=payload.guild_id,
+            channel_id=payload.channel_id,
+            user_id=payload.user_id,
+            reply_to=job.result_message_id,
+            filesize_limit=job.filesize_limit,
+        )
+        await self.start_derived(origin, job, "regenerate", seed=new_seed())
+
     # -- making new jobs ------------------------------------------------------------
 
     async def derive(
@@ -183,15 +244,39 @@ class VariationsCog(commands.Cog):
         job = await self._load(interaction, job_id)
         if job is None:
             return
+        if not await self.may_press(job, interaction.user.id, interaction.channel_id):
+            await interaction.response.send_message(REQUESTER_ONLY, ephemeral=True)
+            return
         await interaction.response.defer(thinking=True)
+        await self.start_derived(interaction, job, variant, prompt=prompt, seed=seed, ratios=ratios)
+
+    async def may_press(self, job: Job, user_id: int, channel_id: int | None) -> bool:
+        """Whether ``user_id`` may make new images from ``job`` (the server's button rule)."""
+        if user_id == job.user_id or job.guild_id is None:
+            return True
+        config = await self.bot.guild_settings.guild(job.guild_id)
+        policy = config.channel(channel_id).get("press_policy") or config.server.get("press_policy")
+        return policy != "requester"
+
+    async def start_derived(
+        self,
+        origin: discord.Interaction[Any] | ChannelOrigin,
+        job: Job,
+        variant: str,
+        *,
+        prompt: str | None = None,
+        seed: int | None = None,
+        ratios: list[str] | None = None,
+    ) -> None:
+        """Start the job(s) derived from ``job`` (the origin is already acknowledged)."""
         try:
             references = await self.current_references(job)
             if variant.startswith("vary_"):
                 references.append(await self.result_reference(job, VARY[variant[5:]]))
         except ReferencesGone as exc:
-            await interaction.edit_original_response(
-                content=f"❌ {exc} Nothing was sent.", allowed_mentions=NO_MENTIONS
-            )
+            text = f"❌ {exc} Nothing was sent."
+            if isinstance(origin, discord.Interaction):
+                await origin.edit_original_response(content=text, allowed_mentions=NO_MENTIONS)
             return
         base = job.params.model_copy(
             update={"image_style_references": tuple(ref for ref, _ in references)}
@@ -214,10 +299,10 @@ class VariationsCog(commands.Cog):
             if ratio is not None:
                 update["aspect_ratio"] = ratio
             params = TextToImageRequest.model_validate({**base.model_dump(), **update})
-            sources = dict(job.sources)
+            sources = {k: v for k, v in job.sources.items() if k != "count"}
             sources.update({key: "option" for key in update})
             await self.bot.launch(
-                interaction,
+                origin,
                 params,
                 sources=sources,
                 refs=refs,

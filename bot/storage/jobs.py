@@ -64,6 +64,8 @@ class Job:
     error_text: str | None = None
     parent_id: int | None = None
     variant: str | None = None
+    batch_id: int | None = None
+    batch_index: int | None = None
     created_at: float = 0.0
     submitted_at: float | None = None
     finished_at: float | None = None
@@ -101,6 +103,8 @@ class NewJob:
     filesize_limit: int = 10 * 1024 * 1024
     parent_id: int | None = None
     variant: str | None = None
+    batch_id: int | None = None
+    batch_index: int | None = None
 
 
 _JSON_COLUMNS = {"params", "sources", "refs"}
@@ -120,6 +124,8 @@ _UPDATABLE = {
     "delivered_at",
     "refs",
     "channel_id",
+    "batch_id",
+    "batch_index",
 }
 
 
@@ -145,8 +151,8 @@ class JobRepository:
         cursor = await self._db.execute(
             """INSERT INTO jobs (guild_id, channel_id, user_id, state, params, sources, refs,
                    application_id, interaction_token, token_expires_at, filesize_limit,
-                   parent_id, variant, created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   parent_id, variant, batch_id, batch_index, created_at, updated_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 new.guild_id,
                 new.channel_id,
@@ -161,6 +167,8 @@ class JobRepository:
                 new.filesize_limit,
                 new.parent_id,
                 new.variant,
+                new.batch_id,
+                new.batch_index,
                 now,
                 now,
             ),
@@ -233,6 +241,14 @@ class JobRepository:
         """Jobs made from this one (variations), oldest first."""
         async with self._db.execute(
             "SELECT * FROM jobs WHERE parent_id = ? ORDER BY id", (job_id,)
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [_row_to_job(row) for row in rows]
+
+    async def batch(self, batch_id: int) -> list[Job]:
+        """The jobs of a batch, in order."""
+        async with self._db.execute(
+            "SELECT * FROM jobs WHERE batch_id = ? ORDER BY batch_index, id", (batch_id,)
         ) as cursor:
             rows = await cursor.fetchall()
         return [_row_to_job(row) for row in rows]

@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.admission import Breaker
 from bot.components import DYNAMIC_ITEMS, PREFIX, UNAVAILABLE, is_known_custom_id
 from bot.config import Settings
 from bot.delivery import TOKEN_LIFETIME, DiscordDelivery
@@ -106,7 +107,12 @@ class KreaBot(commands.Bot):
             base_url=settings.PIXAZO_BASE_URL,
         )
         self.delivery = DiscordDelivery(
-            self, self.jobs, session, clock, download=self._download_media
+            self,
+            self.jobs,
+            session,
+            clock,
+            download=self._download_media,
+            settings_repo=self.guild_settings,
         )
         self.runner = JobRunner(
             self.jobs,
@@ -123,6 +129,9 @@ class KreaBot(commands.Bot):
                 cap=settings.POLL_MAX_INTERVAL_SECONDS,
             ),
             retry_wait=retry_wait,
+            member_limit=self.member_in_flight_limit,
+            breaker=Breaker(probe_after=settings.BREAKER_PROBE_SECONDS),
+            queue_give_up=settings.QUEUE_GIVE_UP_SECONDS,
             clock=clock,
         )
         self.result_actions: Any = None  # set by the variations cog
@@ -214,6 +223,22 @@ class KreaBot(commands.Bot):
             config = await self.guild_settings.guild(interaction.guild_id)
             prefs = await self.guild_settings.prefs(interaction.guild_id, interaction.user.id)
         return resolve(inputs, config=config, channel_id=interaction.channel_id, prefs=prefs)
+
+    async def limits(self, guild_id: int | None) -> dict[str, int]:
+        """The fair-use limits in a server: its overrides, else the environment's."""
+        values = {
+            "member_in_flight": self.settings.MEMBER_MAX_IN_FLIGHT,
+            "member_daily": self.settings.MEMBER_DAILY_IMAGES,
+            "server_daily": self.settings.SERVER_DAILY_IMAGES,
+        }
+        if guild_id is not None:
+            config = await self.guild_settings.guild(guild_id)
+            values.update(config.server.get("limits", {}))
+        return values
+
+    async def member_in_flight_limit(self, job: Job) -> int:
+        """How many jobs of this job's member may be at the gateway at once."""
+        return (await self.limits(job.guild_id))["member_in_flight"]
 
     async def count_limit(self, guild_id: int | None, channel_id: int | None) -> int:
         """The largest batch allowed here (channel, then server setting, else 4)."""

@@ -55,6 +55,18 @@ class Settings(BaseSettings):
     POLL_MAX_INTERVAL_SECONDS: Annotated[float, Field(ge=0.01, le=600)] = 5.0
     #: Give up on a job the gateway has not finished after this many seconds.
     JOB_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=86_400)] = 600.0
+    #: Jobs of one member at the gateway at once; more wait in line (per-server override).
+    MEMBER_MAX_IN_FLIGHT: Annotated[int, Field(ge=1, le=100)] = 2
+    #: Images one member may ask for per day (UTC); 0 = no limit (per-server override).
+    MEMBER_DAILY_IMAGES: Annotated[int, Field(ge=0)] = 50
+    #: Images one server may ask for per day (UTC); 0 = no limit (per-server override).
+    SERVER_DAILY_IMAGES: Annotated[int, Field(ge=0)] = 500
+    #: Estimated price of one image in US dollars, for /usage.
+    PRICE_PER_IMAGE: Annotated[float, Field(ge=0)] = 0.07
+    #: After a 402 or an outage, try one submission again after this many seconds.
+    BREAKER_PROBE_SECONDS: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    #: A job paused by the breaker gives up after waiting this long.
+    QUEUE_GIVE_UP_SECONDS: Annotated[float, Field(gt=0)] = 6 * 3600.0
     #: Largest reference attachment accepted, in bytes.
     MAX_REFERENCE_BYTES: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
     #: Largest generated image downloaded from the gateway, in bytes.

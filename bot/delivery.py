@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from bot.pixazo import DownloadedMedia
     from bot.runner import Failure, Progress
     from bot.storage.jobs import Job, JobRepository
+    from bot.storage.settings import SettingsRepository
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,16 @@ NO_MENTIONS = discord.AllowedMentions.none()
 PROGRESS_EDIT_INTERVAL = 3.0
 #: Interaction tokens live 15 minutes; stop using them a little earlier.
 TOKEN_LIFETIME = 15 * 60 - 30
+PAUSE_NOTICES = {
+    "balance": (
+        "⏸️ **kreabot paused every image request: the Pixazo balance is empty.** "
+        "Top up the wallet at pixazo.ai; waiting jobs resume on their own."
+    ),
+    "outage": (
+        "⏸️ **kreabot paused image requests: the Pixazo gateway keeps failing.** "
+        "Waiting jobs resume on their own when it recovers."
+    ),
+}
 #: Long edge of the reference copies kept on result messages.
 REFERENCE_EDGE = 768
 MAX_REFERENCE_FETCH = 25 * 1024 * 1024
@@ -64,12 +75,14 @@ class DiscordDelivery:
         session: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,
         download: Callable[[str], Awaitable[bytes]] | None = None,
+        settings_repo: SettingsRepository | None = None,
     ) -> None:
         self.client = client
         self.repo = repo
         self.session = session
         self.download = download or self._plain_download
         self._batch_locks: dict[int, asyncio.Lock] = {}
+        self.settings_repo = settings_repo
         self.clock = clock
         self._last_edit: dict[int, tuple[float, str]] = {}
 
@@ -282,6 +295,20 @@ class DiscordDelivery:
             await channel.send(
                 content, view=view or discord.utils.MISSING, allowed_mentions=NO_MENTIONS
             )
+
+    async def gateway_paused(self, reason: str) -> None:
+        """Tell each server's log channel (once per pause) that submissions stopped."""
+        if self.settings_repo is None:
+            return
+        text = PAUSE_NOTICES.get(reason, PAUSE_NOTICES["outage"])
+        for guild_id, channel_id in await self.settings_repo.server_values("log_channel"):
+            channel = self.client.get_channel(int(channel_id))
+            if not isinstance(channel, discord.TextChannel | discord.Thread):
+                continue
+            try:
+                await channel.send(text, allowed_mentions=NO_MENTIONS)
+            except discord.HTTPException as exc:
+                log.warning("guild %s: could not post the pause notice: %s", guild_id, exc)
 
     # -- batches ---------------------------------------------------------------------
 

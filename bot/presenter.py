@@ -37,11 +37,14 @@ def progress_content(job: Job, progress: Progress, *, batch: int | None = None) 
     """The job message while it runs (``batch``: how many images share it)."""
     batch = batch if batch is not None else batch_size(job)
     lines = {
-        "queued": "⏳ **Queued**: waiting for a free slot",
+        "queued": f"⏳ **Queued**: {progress.note or 'waiting for a free slot'}",
         "submitted": "📨 **Sent to Krea 2**: waiting for a worker",
         "queued_remote": "📨 **Sent to Krea 2**: waiting for a worker",
         "processing": f"🎨 **Generating…** {format_elapsed(progress.elapsed)}",
         "waiting": f"⏳ **Waiting**: {progress.note or 'the image service is busy'}",
+        "paused": f"⏸️ **Paused**: {(progress.note or 'the image service is unavailable')[8:]}"
+        if (progress.note or "").startswith("paused: ")
+        else f"⏸️ **Paused**: {progress.note or 'the image service is unavailable'}",
     }
     stage = "queued_remote" if progress.stage == "queued" and job.request_id else progress.stage
     head = lines.get(stage, f"⏳ **{progress.stage.title()}**")

@@ -21,6 +21,13 @@ class TokenBucket:
         """Hold every acquisition for ``seconds`` (e.g. after a 429 with Retry-After)."""
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)
 
+    async def wait_unpaused(self) -> None:
+        """Wait out a pause without taking a token (for calls that are not polls)."""
+        delay = self._paused_until - time.monotonic()
+        while delay > 0:
+            await asyncio.sleep(delay)
+            delay = self._paused_until - time.monotonic()
+
     async def acquire(self) -> None:
         """Wait until a token is available and take it."""
         async with self._lock:

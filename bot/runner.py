@@ -1,8 +1,9 @@
 """The job runner: turns stored jobs into results. It knows nothing of slash commands.
 
-Each job runs in its own task: submit (paid, never blindly repeated), poll under a
-shared rate limit, download, hand the image to a :class:`JobObserver` (the Discord
-side), and persist every transition so a restart can pick the job up again.
+Each job runs in its own task: wait its turn (:mod:`bot.admission`), submit (paid, never
+blindly repeated), poll under a shared rate limit, download, hand the image to a
+:class:`JobObserver` (the Discord side), and persist every transition so a restart can
+pick the job up again.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from bot.admission import BALANCE, OUTAGE, Admission, Breaker
 from bot.pixazo import (
     BadRequest,
     ConnectionFailed,
@@ -38,13 +40,26 @@ log = logging.getLogger(__name__)
 
 #: Words in a FAILED job's error that mean the model's content filter refused it.
 SAFETY_WORDS = ("safety", "nsfw", "content", "flagged", "moderation", "policy", "inappropriate")
+#: 5xx answers to a submit that come from the gateway's proxy: the request never reached
+#: the model, so sending it again later cannot charge twice.
+NOT_TAKEN_STATUSES = (502, 503, 504)
+#: How often a waiting job refreshes its place in line.
+QUEUE_REFRESH_SECONDS = 2.0
+
+PAUSED_NOTES = {
+    BALANCE: (
+        "paused: the server's Pixazo balance is empty. Ask a server admin to top it up; "
+        "this job continues on its own"
+    ),
+    OUTAGE: "paused: the image service is failing; retrying automatically",
+}
 
 
 @dataclass(frozen=True)
 class Progress:
     """Where a running job stands, for its message."""
 
-    stage: str  # queued | submitted | processing | waiting
+    stage: str  # queued | submitted | processing | waiting | paused
     elapsed: float = 0.0
     note: str | None = None
 
@@ -70,6 +85,9 @@ class JobObserver(Protocol):
     async def job_failed(self, job: Job, failure: Failure) -> None:
         """The job ended without an image: say why."""
 
+    async def gateway_paused(self, reason: str) -> None:
+        """Submissions stopped (the breaker opened); tell the admins once."""
+
 
 def classify_job_failure(exc: JobFailed) -> Failure:
     """FAILED with a safety reason is a refusal; ERROR is the gateway's own fault."""
@@ -81,8 +99,12 @@ def classify_job_failure(exc: JobFailed) -> Failure:
     return Failure("failed", exc.error or "", retryable=True)
 
 
+class _Requeue(Exception):
+    """The submit was certainly not taken; the job goes back in line."""
+
+
 class JobRunner:
-    """Runs jobs concurrently with a global concurrency limit and a shared poll rate."""
+    """Runs jobs concurrently under a global limit, per-member limits and a breaker."""
 
     def __init__(
         self,
@@ -96,23 +118,30 @@ class JobRunner:
         max_download_bytes: int = 50 * 1024 * 1024,
         poll_schedule: PollSchedule | None = None,
         retry_wait: float = 5.0,
+        member_limit: Callable[[Job], Awaitable[int]] | None = None,
+        breaker: Breaker | None = None,
+        queue_give_up: float = 6 * 3600.0,
         webhook_url_for: Callable[[Job], str | None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.repo = repo
         self.client = client
         self.observer = observer
-        self._slots = asyncio.Semaphore(max_concurrent)
+        self.breaker = breaker or Breaker()
+        self.admission = Admission(max_concurrent, self.breaker)
         self.polls = TokenBucket(polls_per_second)
         self._job_timeout = job_timeout
         self._max_download = max_download_bytes
         self._schedule = poll_schedule or PollSchedule()
         self._retry_wait = retry_wait
+        self._member_limit = member_limit
+        self._queue_give_up = queue_give_up
         self._webhook_url_for = webhook_url_for
         self._clock = clock
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._wakes: dict[int, asyncio.Event] = {}
         self._closing = False
+        self._probe_task: asyncio.Task[None] | None = None
 
     # -- public ------------------------------------------------------------------
 
@@ -140,8 +169,18 @@ class JobRunner:
         event.set()
         return True
 
+    async def cancel(self, job: Job) -> bool:
+        """Cancel a job that is still waiting in line (never sent, so never paid)."""
+        if job.state is not JobState.PENDING or not self.admission.withdraw(job.id):
+            return False
+        task = self._tasks.get(job.id)
+        if task is not None:
+            task.cancel()
+        await self.repo.update(job, state=JobState.CANCELLED, finished_at=self._clock())
+        return True
+
     async def resume(self) -> list[Job]:
-        """Pick up every unfinished job after a start. Returns the jobs resumed."""
+        """Pick up every unfinished job after a start, in order. Returns the jobs resumed."""
         resumed = []
         for job in await self.repo.in_states(ACTIVE_STATES):
             if job.state is JobState.SUBMITTING:
@@ -154,6 +193,8 @@ class JobRunner:
                 )
                 await self._notify_failure(job, Failure("interrupted", retryable=True))
                 continue
+            if job.state in (JobState.SUBMITTED, JobState.PROCESSING):
+                self.admission.add_in_flight(job.id, (job.guild_id, job.user_id))
             self.start(job)
             resumed.append(job)
         return resumed
@@ -162,6 +203,8 @@ class JobRunner:
         """Stop every job task; their state is persisted and they resume on the next start."""
         self._closing = True
         tasks = list(self._tasks.values())
+        if self._probe_task is not None:
+            tasks.append(self._probe_task)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -187,79 +230,147 @@ class JobRunner:
                 await self._notify_failure(job, Failure("internal", f"job {job.id}"))
             except Exception:
                 log.exception("job %s: could not record the failure", job.id)
+        finally:
+            self.admission.withdraw(job.id)
+            self.admission.release(job.id)
 
     async def _run(self, job: Job) -> None:
-        if job.state is JobState.PENDING:
-            await self._progress(job, Progress("queued"))
-        async with self._slots:
-            if job.state is JobState.PENDING:
+        while job.state is JobState.PENDING:
+            if not await self._wait_turn(job):
+                return
+            try:
                 if not await self._submit(job):
                     return
-            if job.state in (JobState.SUBMITTED, JobState.PROCESSING):
-                status = await self._poll(job)
-                if status is None:
-                    return
-                assert status.output is not None
-                await self.repo.update(
-                    job,
-                    state=JobState.DELIVERING,
-                    media_url=status.output.media_url[0],
-                    finished_at=self._clock(),
-                )
+            except _Requeue:
+                self.admission.release(job.id)
+        if job.state in (JobState.SUBMITTED, JobState.PROCESSING):
+            self.admission.add_in_flight(job.id, (job.guild_id, job.user_id))
+            status = await self._poll(job)
+            self.admission.release(job.id)
+            if status is None:
+                return
+            assert status.output is not None
+            await self.repo.update(
+                job,
+                state=JobState.DELIVERING,
+                media_url=status.output.media_url[0],
+                finished_at=self._clock(),
+            )
         if job.state is JobState.DELIVERING:
             await self._deliver(job)
 
-    async def _submit(self, job: Job) -> bool:
-        webhook = self._webhook_url_for(job) if self._webhook_url_for else None
-        deadline = time.monotonic() + self._job_timeout
-        while True:
-            await self.repo.update(job, state=JobState.SUBMITTING)
+    async def _wait_turn(self, job: Job) -> bool:
+        """Wait in line until admitted; show the place in line while waiting."""
+        limit = await self._member_limit(job) if self._member_limit else 1_000_000
+        waiter = self.admission.enqueue(job.id, (job.guild_id, job.user_id), limit)
+        shown: tuple[str, str | None] | None = None
+        while not waiter.admitted.done():
+            if self.breaker.is_open:
+                self._schedule_probe()
+                if self._clock() - job.created_at > self._queue_give_up:
+                    self.admission.withdraw(job.id)
+                    await self._fail(job, Failure("gateway_down", "gave up waiting", True))
+                    return False
+                stage, note = "paused", PAUSED_NOTES.get(self.breaker.reason or "", None)
+            else:
+                stage, note = "queued", self._queue_note(job.id)
+            if shown != (stage, note):
+                shown = (stage, note)
+                await self._progress(job, Progress(stage, note=note))
             try:
-                accepted = await self.client.submit(job.params, webhook_url=webhook)
-            except (RateLimited, ConnectionFailed) as exc:
-                certain_not_taken = isinstance(exc, RateLimited) or not getattr(exc, "sent", True)
-                if not certain_not_taken:
-                    await self._fail(job, Failure("uncertain", exc.message, retryable=True))
-                    return False
-                await self.repo.update(job, state=JobState.PENDING)
-                wait = getattr(exc, "retry_after", None) or self._retry_wait
-                if time.monotonic() + wait > deadline:
-                    kind = "rate_limited" if isinstance(exc, RateLimited) else "gateway_down"
-                    await self._fail(job, Failure(kind, exc.message, retryable=True))
-                    return False
-                note = "rate limited" if isinstance(exc, RateLimited) else "gateway unreachable"
-                await self._progress(job, Progress("waiting", note=f"{note}, retrying"))
-                await asyncio.sleep(wait)
+                await asyncio.wait_for(asyncio.shield(waiter.admitted), QUEUE_REFRESH_SECONDS)
+            except TimeoutError:
                 continue
-            except PixazoTimeout as exc:
+            except asyncio.CancelledError:
+                if waiter.admitted.cancelled() and not self._closing:
+                    return False
+                raise
+        return True
+
+    def _queue_note(self, job_id: int) -> str | None:
+        position = self.admission.position(job_id)
+        if not position:
+            return None
+        if self.admission.blocked_by_member_limit(job_id):
+            return f"#{position} in line; your other images are still being made"
+        return f"#{position} in line"
+
+    def _schedule_probe(self) -> None:
+        """Make sure someone pumps the queue when the breaker's probe is due."""
+        if self._probe_task is not None and not self._probe_task.done():
+            return
+
+        async def pump_later() -> None:
+            delay = max(0.0, self.breaker.next_probe_at - time.monotonic())
+            await asyncio.sleep(delay + 0.01)
+            self.admission.pump()
+
+        self._probe_task = asyncio.create_task(pump_later(), name="breaker-probe")
+
+    async def _submit(self, job: Job) -> bool:
+        """Send the paid request. False when the job ended; raises _Requeue to wait again."""
+        webhook = self._webhook_url_for(job) if self._webhook_url_for else None
+        await self.polls.wait_unpaused()
+        await self.repo.update(job, state=JobState.SUBMITTING)
+        try:
+            accepted = await self.client.submit(job.params, webhook_url=webhook)
+        except InsufficientBalance:
+            await self._requeue(job, BALANCE)
+        except RateLimited as exc:
+            self.polls.pause(exc.retry_after or self._retry_wait)
+            await self._requeue(job, None, note="rate limited, retrying")
+        except ConnectionFailed as exc:
+            if exc.sent:
                 await self._fail(job, Failure("uncertain", exc.message, retryable=True))
                 return False
-            except InsufficientBalance as exc:
-                await self._fail(job, Failure("balance", exc.message, retryable=True))
-                return False
-            except Unauthorized as exc:
-                log.error("job %s: the gateway refused the Pixazo API key (%s)", job.id, exc.status)
-                await self._fail(job, Failure("unauthorized", retryable=True))
-                return False
-            except BadRequest as exc:
-                await self._fail(job, Failure("bad_request", exc.message))
-                return False
-            except ServerError as exc:
-                await self._fail(job, Failure("gateway_down", exc.message, retryable=True))
-                return False
-            except PixazoError as exc:
-                await self._fail(job, Failure("gateway_down", exc.message, retryable=True))
-                return False
-            await self.repo.update(
-                job,
-                state=JobState.SUBMITTED,
-                request_id=accepted.request_id,
-                polling_url=accepted.polling_url,
-                submitted_at=self._clock(),
-            )
-            log.info("job %s: submitted as %s", job.id, accepted.request_id)
-            await self._progress(job, Progress("submitted"))
-            return True
+            await self._requeue(job, OUTAGE if self.breaker.record_transient() else None)
+        except ServerError as exc:
+            opened = self.breaker.record_transient()
+            if exc.status in NOT_TAKEN_STATUSES:
+                await self._requeue(job, OUTAGE if opened else None)
+            await self._fail(job, Failure("gateway_down", exc.message, retryable=True))
+            return False
+        except PixazoTimeout as exc:
+            self.breaker.record_transient()
+            await self._fail(job, Failure("uncertain", exc.message, retryable=True))
+            return False
+        except Unauthorized as exc:
+            log.error("job %s: the gateway refused the Pixazo API key (%s)", job.id, exc.status)
+            await self._fail(job, Failure("unauthorized", retryable=True))
+            return False
+        except BadRequest as exc:
+            await self._fail(job, Failure("bad_request", exc.message))
+            return False
+        except PixazoError as exc:
+            await self._fail(job, Failure("gateway_down", exc.message, retryable=True))
+            return False
+        if self.breaker.record_success():
+            log.info("the gateway takes requests again; resuming submissions")
+        self.admission.pump()
+        await self.repo.update(
+            job,
+            state=JobState.SUBMITTED,
+            request_id=accepted.request_id,
+            polling_url=accepted.polling_url,
+            submitted_at=self._clock(),
+        )
+        log.info("job %s: submitted as %s (guild %s)", job.id, accepted.request_id, job.guild_id)
+        await self._progress(job, Progress("submitted"))
+        return True
+
+    async def _requeue(self, job: Job, breaker_reason: str | None, note: str | None = None) -> None:
+        await self.repo.update(job, state=JobState.PENDING)
+        if breaker_reason is None and self.breaker.is_open:
+            breaker_reason = self.breaker.reason  # a failed probe: wait for the next one
+        if breaker_reason is not None:
+            if self.breaker.open(breaker_reason):
+                log.warning("submissions paused: %s", breaker_reason)
+                await self._safely(self.observer.gateway_paused(breaker_reason), job)
+            self.breaker.probing = False
+        if note:
+            await self._progress(job, Progress("waiting", note=note))
+            await asyncio.sleep(self._retry_wait)
+        raise _Requeue
 
     async def _poll(self, job: Job) -> StatusResponse | None:
         assert job.request_id is not None
@@ -267,6 +378,7 @@ class JobRunner:
         started = job.submitted_at or self._clock()
 
         async def on_status(status: StatusResponse) -> None:
+            self.breaker.record_success()
             elapsed = self._clock() - started
             if status.status == "PROCESSING" and job.state is JobState.SUBMITTED:
                 await self.repo.update(job, state=JobState.PROCESSING)
@@ -287,12 +399,13 @@ class JobRunner:
                         before_poll=self.polls.acquire,
                     )
                 except (RateLimited, ServerError, ConnectionFailed) as exc:
-                    if isinstance(exc, RateLimited) and exc.retry_after:
-                        self.polls.pause(exc.retry_after)
-                    note = "rate limited" if isinstance(exc, RateLimited) else "gateway busy"
-                    await self._progress(
-                        job, Progress("waiting", self._clock() - started, f"{note}, retrying")
-                    )
+                    if isinstance(exc, RateLimited):
+                        self.polls.pause(exc.retry_after or self._retry_wait)
+                        note = "rate limited, retrying"
+                    else:
+                        self.breaker.record_transient()
+                        note = "the image service is slow to answer, retrying"
+                    await self._progress(job, Progress("waiting", self._clock() - started, note))
                     await asyncio.sleep(self._retry_wait)
         except JobFailed as exc:
             await self._fail(job, classify_job_failure(exc))
@@ -313,6 +426,8 @@ class JobRunner:
             except DownloadRejected as exc:
                 await self._fail(job, Failure("download", exc.message))
                 return
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:
                 log.warning("job %s: delivery attempt %d failed: %r", job.id, attempt + 1, exc)
                 await asyncio.sleep(min(30.0, self._retry_wait * 2**attempt))
@@ -320,7 +435,7 @@ class JobRunner:
             await self.repo.update(
                 job,
                 state=JobState.COMPLETED,
-                result_message_id=message_id,
+                result_message_id=message_id or job.result_message_id,
                 delivered_at=self._clock(),
             )
             log.info("job %s: delivered in message %s", job.id, message_id)

@@ -149,6 +149,15 @@ class SettingsRepository:
         self._cache.pop(guild_id, None)
         self._prefs = {k: v for k, v in self._prefs.items() if k[0] != guild_id}
 
+    async def server_values(self, key: str) -> list[tuple[int, Any]]:
+        """Every server's value of one server-wide setting (e.g. the log channels)."""
+        async with self._db.execute(
+            "SELECT guild_id, value FROM scope_settings WHERE channel_id = ? AND key = ?",
+            (SERVER, key),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(int(row[0]), json.loads(row[1])) for row in rows]
+
     async def get_meta(self, key: str) -> str | None:
         """A bot-wide fact (e.g. the hash of the last synced command set)."""
         async with self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cursor:

@@ -42,9 +42,7 @@ def progress_content(job: Job, progress: Progress, *, batch: int | None = None) 
         "queued_remote": "📨 **Sent to Krea 2**: waiting for a worker",
         "processing": f"🎨 **Generating…** {format_elapsed(progress.elapsed)}",
         "waiting": f"⏳ **Waiting**: {progress.note or 'the image service is busy'}",
-        "paused": f"⏸️ **Paused**: {(progress.note or 'the image service is unavailable')[8:]}"
-        if (progress.note or "").startswith("paused: ")
-        else f"⏸️ **Paused**: {progress.note or 'the image service is unavailable'}",
+        "paused": f"⏸️ **Paused**: {progress.note or 'the image service is unavailable'}",
     }
     stage = "queued_remote" if progress.stage == "queued" and job.request_id else progress.stage
     head = lines.get(stage, f"⏳ **{progress.stage.title()}**")

@@ -48,10 +48,10 @@ QUEUE_REFRESH_SECONDS = 2.0
 
 PAUSED_NOTES = {
     BALANCE: (
-        "paused: the server's Pixazo balance is empty. Ask a server admin to top it up; "
+        "the server's Pixazo balance is empty. Ask a server admin to top it up; "
         "this job continues on its own"
     ),
-    OUTAGE: "paused: the image service is failing; retrying automatically",
+    OUTAGE: "the image service is failing; this job continues on its own when it recovers",
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -15,20 +17,23 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.admission import Breaker
-from bot.components import DYNAMIC_ITEMS, PREFIX, UNAVAILABLE, is_known_custom_id
+from bot.components import DYNAMIC_ITEMS, PREFIX, UNAVAILABLE, matches_any
 from bot.config import Settings
 from bot.delivery import TOKEN_LIFETIME, DiscordDelivery
-from bot.pixazo import PixazoClient, PollSchedule, TextToImageRequest
+from bot.metrics import Metrics
+from bot.moderation import blocked_entry
+from bot.pixazo import InvalidRequest, PixazoClient, PollSchedule, TextToImageRequest
 from bot.pixazo.models import SEED_MAX
 from bot.resolution import Inputs, Resolved, resolve
 from bot.runner import JobRunner
 from bot.storage.jobs import Job, JobRepository, NewJob
 from bot.storage.settings import SettingsRepository
+from bot.web import WebServer, webhook_url
 
 log = logging.getLogger(__name__)
 
 #: The cogs loaded at start, in order.
-EXTENSIONS: tuple[str, ...] = ("cogs.imagine", "cogs.variations", "cogs.settings")
+EXTENSIONS: tuple[str, ...] = ("cogs.imagine", "cogs.variations", "cogs.settings", "cogs.jobs")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,16 @@ class ChannelOrigin:
 
 class KreaTree(app_commands.CommandTree["KreaBot"]):
     """The command tree; sorts every command error into one ephemeral reply."""
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        """Refuse new commands while the bot shuts down (nothing half-started)."""
+        if getattr(interaction.client, "accepting", True):
+            return True
+        if interaction.type is not discord.InteractionType.autocomplete:
+            await interaction.response.send_message(
+                "kreabot is restarting; please try again in a minute.", ephemeral=True
+            )
+        return False
 
     async def on_error(
         self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
@@ -83,6 +98,7 @@ class KreaBot(commands.Bot):
         poll_schedule: PollSchedule | None = None,
         retry_wait: float = 5.0,
         sync_commands: bool = True,
+        resume_jobs: bool = True,
         **options: Any,
     ) -> None:
         intents = discord.Intents.default()
@@ -106,6 +122,8 @@ class KreaBot(commands.Bot):
             settings.PIXAZO_API_KEY.get_secret_value(),
             base_url=settings.PIXAZO_BASE_URL,
         )
+        self.metrics = Metrics()
+        self.pixazo.on_call = self.metrics.gateway_call
         self.delivery = DiscordDelivery(
             self,
             self.jobs,
@@ -132,25 +150,59 @@ class KreaBot(commands.Bot):
             member_limit=self.member_in_flight_limit,
             breaker=Breaker(probe_after=settings.BREAKER_PROBE_SECONDS),
             queue_give_up=settings.QUEUE_GIVE_UP_SECONDS,
+            webhook_url_for=self._webhook_url if settings.WEBHOOK_PUBLIC_URL else None,
+            webhook_poll_schedule=PollSchedule(
+                first=settings.WEBHOOK_SAFETY_POLL_SECONDS,
+                interval=settings.WEBHOOK_SAFETY_POLL_SECONDS,
+                factor=1.0,
+                cap=settings.WEBHOOK_SAFETY_POLL_SECONDS,
+            ),
+            metrics=self.metrics,
             clock=clock,
         )
+        self.pixazo.on_rate_limited = self._rate_limited
+        self.web: WebServer | None = None
+        self.accepting = True
         self.result_actions: Any = None  # set by the variations cog
         self._sync_commands = sync_commands
+        self._resume_jobs = resume_jobs
+        self._dynamic_items: set[type[discord.ui.DynamicItem[Any]]] = set()
 
     async def _download_media(self, url: str) -> bytes:
         media = await self.pixazo.download(url, max_bytes=self.settings.MAX_DOWNLOAD_BYTES)
         return media.data
 
+    def _webhook_url(self, job: Job) -> str | None:
+        public, secret = self.settings.WEBHOOK_PUBLIC_URL, self.settings.WEBHOOK_SECRET
+        if not public or secret is None:
+            return None
+        return webhook_url(public, secret.get_secret_value(), job.id)
+
+    def _rate_limited(self, retry_after: float | None) -> None:
+        self.runner.polls.pause(retry_after if retry_after is not None else 1.0)
+
     async def setup_hook(self) -> None:
-        """Load cogs, register persistent buttons, resume unfinished jobs, sync commands."""
+        """Load cogs, register persistent buttons, start the HTTP server, resume unfinished
+        jobs, and sync the slash commands if they changed since the last sync."""
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         self.add_dynamic_items(*DYNAMIC_ITEMS)
+        if not self._resume_jobs:
+            return
+        if self.settings.HTTP_PORT is not None:
+            secret = self.settings.WEBHOOK_SECRET
+            self.web = WebServer(
+                self,
+                self.settings.HTTP_HOST,
+                self.settings.HTTP_PORT,
+                secret.get_secret_value() if secret else None,
+            )
+            await self.web.start()
         resumed = await self.runner.resume()
         if resumed:
             log.info("resumed %d unfinished job(s)", len(resumed))
         if self._sync_commands:
-            await self.sync_commands()
+            await self.sync_commands(only_if_changed=True)
 
     async def launch(
         self,
@@ -240,6 +292,34 @@ class KreaBot(commands.Bot):
         """How many jobs of this job's member may be at the gateway at once."""
         return (await self.limits(job.guild_id))["member_in_flight"]
 
+    async def check_allowed(
+        self, guild_id: int | None, user_id: int, prompt: str, count: int = 1
+    ) -> None:
+        """Raise :class:`InvalidRequest` when the server's blocklist or daily caps refuse it."""
+        if guild_id is None:
+            return
+        config = await self.guild_settings.guild(guild_id)
+        if blocked_entry(prompt, config.server.get("blocklist", [])) is not None:
+            raise InvalidRequest("your prompt contains a word or phrase this server does not allow")
+        limits = await self.limits(guild_id)
+        day_start = self.clock() // 86_400 * 86_400
+        reset = f"<t:{int(day_start + 86_400)}:R>"
+        member_cap, server_cap = limits["member_daily"], limits["server_daily"]
+        if member_cap:
+            used = await self.jobs.count_requested_since(guild_id, day_start, user_id)
+            if used + count > member_cap:
+                raise InvalidRequest(
+                    f"you have used {used} of your {member_cap} images for today; "
+                    f"the count resets {reset}"
+                )
+        if server_cap:
+            used = await self.jobs.count_requested_since(guild_id, day_start)
+            if used + count > server_cap:
+                raise InvalidRequest(
+                    f"this server has used {used} of its {server_cap} images for today; "
+                    f"the count resets {reset}"
+                )
+
     async def count_limit(self, guild_id: int | None, channel_id: int | None) -> int:
         """The largest batch allowed here (channel, then server setting, else 4)."""
         if guild_id is None:
@@ -248,15 +328,54 @@ class KreaBot(commands.Bot):
         value = config.channel(channel_id).get("count_max") or config.server.get("count_max")
         return int(value) if value else 4
 
-    async def sync_commands(self) -> None:
-        """Register the slash commands (to DEV_GUILD_ID only, when set)."""
-        guild_id = self.settings.DEV_GUILD_ID
-        if guild_id:
-            guild = discord.Object(guild_id)
+    def command_hash(self, guild: discord.abc.Snowflake | None = None) -> str:
+        """A hash of the command set as Discord would receive it."""
+        payload = [
+            command.to_dict(self.tree) for command in self.tree._get_all_commands(guild=guild)
+        ]
+        text = json.dumps(sorted(payload, key=lambda c: c["name"]), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    async def sync_commands(self, guild_id: int | None = None, *, only_if_changed: bool) -> bool:
+        """Register the slash commands globally, or in one guild (``guild_id`` or DEV_GUILD_ID).
+
+        With ``only_if_changed``, nothing is sent when the command set has the hash stored at
+        the last sync. Returns whether a sync was sent.
+        """
+        guild_id = guild_id or self.settings.DEV_GUILD_ID
+        guild = discord.Object(guild_id) if guild_id else None
+        if guild is not None:
             self.tree.copy_global_to(guild=guild)
-            await self.tree.sync(guild=guild)
-        else:
-            await self.tree.sync()
+        digest = self.command_hash(guild)
+        key = f"commands_hash:{guild_id or 'global'}"
+        if only_if_changed and await self.guild_settings.get_meta(key) == digest:
+            log.info("slash commands unchanged since the last sync; not syncing")
+            return False
+        synced = await self.tree.sync(guild=guild)
+        await self.guild_settings.set_meta(key, digest)
+        log.info(
+            "synced %d slash command(s) %s",
+            len(synced),
+            f"to guild {guild_id}" if guild_id else "globally",
+        )
+        return True
+
+    async def on_guild_remove(self, guild: discord.Guild) -> None:
+        """Forget the server's settings at once; its job history goes after RETENTION_DAYS."""
+        await self.guild_settings.forget_guild(guild.id)
+        await self.guild_settings.set_meta(f"removed:{guild.id}", str(self.clock()))
+        log.info("guild %s removed the bot: settings deleted", guild.id)
+
+    async def prune_removed_guilds(self) -> int:
+        """Delete the job history of servers that removed the bot longer ago than retention."""
+        cutoff = self.clock() - self.settings.RETENTION_DAYS * 86_400
+        pruned = 0
+        for key, value in await self.guild_settings.meta_with_prefix("removed:"):
+            if float(value) <= cutoff:
+                guild_id = int(key.split(":", 1)[1])
+                pruned += await self.jobs.prune_guild(guild_id, before=float("inf"))
+                await self.guild_settings.delete_meta(key)
+        return pruned
 
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         """Answer presses of our controls whose custom_id no item recognises."""
@@ -264,10 +383,25 @@ class KreaBot(commands.Bot):
             return
         data: dict[str, Any] = dict(interaction.data or {})
         custom_id = str(data.get("custom_id", ""))
-        if custom_id.startswith(PREFIX) and not is_known_custom_id(custom_id):
+        if custom_id.startswith(PREFIX) and not matches_any(custom_id, self._dynamic_items):
             await interaction.response.send_message(UNAVAILABLE, ephemeral=True)
 
+    def add_dynamic_items(self, *items: type[discord.ui.DynamicItem[Any]]) -> None:
+        """Register persistent items (and remember them to spot unknown custom_ids)."""
+        super().add_dynamic_items(*items)
+        self._dynamic_items.update(items)
+
+    def remove_dynamic_items(self, *items: type[discord.ui.DynamicItem[Any]]) -> None:
+        """Unregister persistent items."""
+        super().remove_dynamic_items(*items)
+        self._dynamic_items.difference_update(items)
+
     async def close(self) -> None:
-        """Stop the jobs (their state is persisted) and disconnect."""
+        """Stop taking commands, let in-flight submits persist, stop the jobs (their state
+        is in SQLite; the next start resumes them), stop the HTTP server, disconnect."""
+        self.accepting = False
         await self.runner.close()
+        if self.web is not None:
+            await self.web.close()
+            self.web = None
         await super().close()

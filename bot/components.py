@@ -8,6 +8,7 @@ a press means is loaded from SQLite by the :class:`ResultActions` the bot provid
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import discord
@@ -250,12 +251,11 @@ DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
     ReframeSelect,
     OpenButton,
 )
-_PATTERNS = [item.__discord_ui_compiled_template__ for item in DYNAMIC_ITEMS]
 
 
-def is_known_custom_id(custom_id: str) -> bool:
-    """Whether one of our items will handle ``custom_id``."""
-    return any(pattern.fullmatch(custom_id) for pattern in _PATTERNS)
+def matches_any(custom_id: str, items: Iterable[type[discord.ui.DynamicItem[Any]]]) -> bool:
+    """Whether one of ``items`` will handle ``custom_id``."""
+    return any(item.__discord_ui_compiled_template__.fullmatch(custom_id) for item in items)
 
 
 def result_view(job: Job) -> discord.ui.View:

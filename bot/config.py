@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -18,6 +18,8 @@ HINTS: dict[str, str] = {
     "PIXAZO_BASE_URL": "use an http(s) origin such as https://gateway.pixazo.ai",
     "DATABASE_PATH": "use a writable file path such as data/kreabot.sqlite3",
     "LOG_LEVEL": "use one of DEBUG, INFO, WARNING, ERROR",
+    "HTTP_PORT": "use a TCP port number such as 8080",
+    "WEBHOOK_PUBLIC_URL": "use the public https URL that reaches HTTP_PORT",
 }
 
 
@@ -67,6 +69,17 @@ class Settings(BaseSettings):
     BREAKER_PROBE_SECONDS: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     #: A job paused by the breaker gives up after waiting this long.
     QUEUE_GIVE_UP_SECONDS: Annotated[float, Field(gt=0)] = 6 * 3600.0
+    #: Embedded HTTP server (health, metrics, webhooks): off unless a port is given.
+    HTTP_PORT: Annotated[int, Field(ge=1, le=65535)] | None = None
+    HTTP_HOST: str = "127.0.0.1"
+    #: Public base URL of the HTTP server; when set, Pixazo calls it back instead of polling.
+    WEBHOOK_PUBLIC_URL: str | None = None
+    #: Secret for the per-job webhook tokens (HMAC); required with WEBHOOK_PUBLIC_URL.
+    WEBHOOK_SECRET: SecretStr | None = None
+    #: In webhook mode, poll anyway this often so a lost webhook never loses a job.
+    WEBHOOK_SAFETY_POLL_SECONDS: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    #: Days a removed server's job history is kept before it is deleted.
+    RETENTION_DAYS: Annotated[int, Field(ge=0, le=3650)] = 30
     #: Largest reference attachment accepted, in bytes.
     MAX_REFERENCE_BYTES: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
     #: Largest generated image downloaded from the gateway, in bytes.
@@ -92,6 +105,28 @@ class Settings(BaseSettings):
             raise ValueError("is not an http(s) URL")
         return value.rstrip("/")
 
+    @field_validator("WEBHOOK_PUBLIC_URL")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("is not an http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _webhook_needs_server(self) -> Settings:
+        if self.WEBHOOK_PUBLIC_URL and self.HTTP_PORT is None:
+            raise ValueError("WEBHOOK_PUBLIC_URL needs HTTP_PORT: set the port the bot listens on")
+        if self.WEBHOOK_PUBLIC_URL and (
+            self.WEBHOOK_SECRET is None or len(self.WEBHOOK_SECRET.get_secret_value()) < 16
+        ):
+            raise ValueError(
+                "WEBHOOK_PUBLIC_URL needs WEBHOOK_SECRET: set it to 16+ random characters"
+            )
+        return self
+
     @field_validator("LOG_LEVEL", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
@@ -100,7 +135,9 @@ class Settings(BaseSettings):
 
 def _describe(error: dict[str, object]) -> str:
     loc = error.get("loc") or ()
-    name = str(loc[0]) if isinstance(loc, tuple) and loc else "settings"
+    if not loc:  # a rule across settings: its message names them
+        return str(error.get("msg", "the settings are inconsistent")).removeprefix("Value error, ")
+    name = str(loc[0]) if isinstance(loc, tuple) else str(loc)
     kind = error.get("type")
     if kind == "missing":
         problem = "is not set"

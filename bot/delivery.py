@@ -438,6 +438,14 @@ class DiscordDelivery:
             return None
         try:
             channel = await self.channel_for(job)
+            try:
+                own = await channel.fetch_message(job.message_id)
+            except discord.NotFound:
+                own = None
+            if own is not None and any(
+                a.filename.startswith(f"krea-{job.id}-") for a in own.attachments
+            ):
+                return own.id  # the result already replaced the job's own message
             history = channel.history(after=discord.Object(job.message_id), limit=50)
             async for message in history:
                 ref = message.reference

@@ -14,9 +14,11 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
 from bot.admission import BALANCE, OUTAGE, Admission, Breaker
+from bot.metrics import Metrics
 from bot.pixazo import (
     BadRequest,
     ConnectionFailed,
@@ -122,6 +124,8 @@ class JobRunner:
         breaker: Breaker | None = None,
         queue_give_up: float = 6 * 3600.0,
         webhook_url_for: Callable[[Job], str | None] | None = None,
+        webhook_poll_schedule: PollSchedule | None = None,
+        metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.repo = repo
@@ -137,11 +141,14 @@ class JobRunner:
         self._member_limit = member_limit
         self._queue_give_up = queue_give_up
         self._webhook_url_for = webhook_url_for
+        self._webhook_schedule = webhook_poll_schedule or PollSchedule(30.0, 30.0, 1.0, 30.0)
+        self.metrics = metrics
         self._clock = clock
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._wakes: dict[int, asyncio.Event] = {}
         self._closing = False
         self._probe_task: asyncio.Task[None] | None = None
+        self._gateway_done: dict[int, datetime | None] = {}
 
     # -- public ------------------------------------------------------------------
 
@@ -162,11 +169,10 @@ class JobRunner:
         return len(self._tasks)
 
     def wake(self, job_id: int) -> bool:
-        """Cut the current poll wait of a job short (e.g. a webhook arrived)."""
-        event = self._wakes.get(job_id)
-        if event is None:
+        """Poll a running job now (a webhook arrived). False when the job is not running."""
+        if job_id not in self._tasks:
             return False
-        event.set()
+        self._wakes.setdefault(job_id, asyncio.Event()).set()
         return True
 
     async def cancel(self, job: Job) -> bool:
@@ -250,6 +256,7 @@ class JobRunner:
             if status is None:
                 return
             assert status.output is not None
+            self._gateway_done[job.id] = status.completed_at
             await self.repo.update(
                 job,
                 state=JobState.DELIVERING,
@@ -393,7 +400,9 @@ class JobRunner:
                         job.request_id,
                         polling_url=job.polling_url,
                         max_wait=max(remaining, 0.0),
-                        schedule=self._schedule,
+                        schedule=self._webhook_schedule
+                        if self._webhook_url_for is not None
+                        else self._schedule,
                         on_status=on_status,
                         wake=wake,
                         before_poll=self.polls.acquire,
@@ -438,7 +447,16 @@ class JobRunner:
                 result_message_id=message_id or job.result_message_id,
                 delivered_at=self._clock(),
             )
-            log.info("job %s: delivered in message %s", job.id, message_id)
+            log.info(
+                "job %s: delivered in message %s (guild %s, request %s)",
+                job.id,
+                message_id,
+                job.guild_id,
+                job.request_id,
+            )
+            done_at = self._gateway_done.pop(job.id, None)
+            if self.metrics is not None and done_at is not None:
+                self.metrics.delivery_lag.observe(max(0.0, self._clock() - done_at.timestamp()))
             return
         await self._fail(job, Failure("delivery", retryable=True))
 

@@ -11,6 +11,7 @@ from discord.ext import commands
 
 from bot.pixazo import InvalidRequest
 from bot.pixazo.models import SEED_MAX, STRENGTH_MAX, STRENGTH_MIN
+from bot.replies import refuse
 from bot.resolution import Inputs
 
 if TYPE_CHECKING:
@@ -151,11 +152,16 @@ class ImagineCog(commands.Cog):
         if seed is None:
             resolved.sources["seed"] = "random"
         allowed = await self.bot.count_limit(interaction.guild_id, interaction.channel_id)
-        if count > allowed:
-            await refuse(
-                interaction,
-                f"this server allows at most {allowed} image(s) per command, not {count}",
+        try:
+            if count > allowed:
+                raise InvalidRequest(
+                    f"this server allows at most {allowed} image(s) per command, not {count}"
+                )
+            await self.bot.check_allowed(
+                interaction.guild_id, interaction.user.id, resolved.request.prompt, count
             )
+        except InvalidRequest as exc:
+            await refuse(interaction, exc.message)
             return
         await self.bot.launch(
             interaction, resolved.request, sources=resolved.sources, refs=refs, count=count
@@ -187,25 +193,6 @@ class ImagineCog(commands.Cog):
         config = await self.bot.guild_settings.guild(interaction.guild_id)
         names = [n for n in config.moodboard_presets if current.strip().lower() in n.lower()]
         return [app_commands.Choice(name=n, value=n) for n in names[:25]]
-
-
-async def refuse(interaction: discord.Interaction[Any], text: str) -> None:
-    """Tell the member what is wrong, privately; nothing was sent to Pixazo.
-
-    After the public deferral the "thinking" reply is removed and the explanation sent
-    as an ephemeral follow-up, so bad input never leaves a public message behind.
-    """
-    message = f"❌ {text}. Nothing was sent."
-    if not interaction.response.is_done():
-        await interaction.response.send_message(
-            message, ephemeral=True, allowed_mentions=NO_MENTIONS
-        )
-        return
-    try:
-        await interaction.delete_original_response()
-    except discord.HTTPException:
-        pass
-    await interaction.followup.send(message, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
 async def setup(bot: KreaBot) -> None:

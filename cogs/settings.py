@@ -9,6 +9,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.moderation import describe, make_entry
 from bot.parsing import parse_strength
 from bot.pixazo import InvalidRequest, Moodboard
 from bot.pixazo.models import (
@@ -111,6 +112,12 @@ class SettingsCog(commands.Cog):
     )
     preset = app_commands.Group(
         name="preset", description="Named styles and moodboards", parent=settings
+    )
+    blocklist = app_commands.Group(
+        name="blocklist", description="Words and patterns refused in prompts", parent=settings
+    )
+    logchannel = app_commands.Group(
+        name="logchannel", description="Where kreabot tells admins about trouble", parent=settings
     )
 
     def __init__(self, bot: KreaBot) -> None:
@@ -405,6 +412,117 @@ class SettingsCog(commands.Cog):
             for name, board in config.moodboard_presets.items()
         ]
         await self._reply(interaction, "\n".join(lines)[:1900] or "No presets yet.")
+
+    # -- fair use --------------------------------------------------------------------
+
+    @settings.command(name="limits", description="Fair-use limits for this server")
+    @app_commands.describe(
+        member_in_flight="Images of one member generated at once (more wait in line)",
+        member_daily="Images one member may ask for per day (0 = no limit)",
+        server_daily="Images the whole server may ask for per day (0 = no limit)",
+        reset="Go back to the bot's defaults",
+    )
+    @app_commands.check(can_manage)
+    async def limits(
+        self,
+        interaction: discord.Interaction[Any],
+        member_in_flight: app_commands.Range[int, 1, 20] | None = None,
+        member_daily: app_commands.Range[int, 0, 100_000] | None = None,
+        server_daily: app_commands.Range[int, 0, 1_000_000] | None = None,
+        reset: bool = False,
+    ) -> None:
+        assert interaction.guild_id is not None
+        store = self.bot.guild_settings
+        config = await store.guild(interaction.guild_id)
+        current = {} if reset else dict(config.server.get("limits", {}))
+        for key, value in (
+            ("member_in_flight", member_in_flight),
+            ("member_daily", member_daily),
+            ("server_daily", server_daily),
+        ):
+            if value is not None:
+                current[key] = value
+        if reset:
+            await store.clear(interaction.guild_id, SERVER, "limits")
+        elif current:
+            await store.set(interaction.guild_id, SERVER, "limits", current, by=interaction.user.id)
+        effective = await self.bot.limits(interaction.guild_id)
+
+        def show(value: int) -> str:
+            return str(value) if value else "no limit"
+
+        await self._reply(
+            interaction,
+            f"Limits here: {effective['member_in_flight']} image(s) per member at once, "
+            f"{show(effective['member_daily'])} per member per day, "
+            f"{show(effective['server_daily'])} per server per day.",
+        )
+
+    @blocklist.command(
+        name="add", description="Refuse prompts containing a word, phrase or re:pattern"
+    )
+    @app_commands.check(can_manage)
+    async def blocklist_add(
+        self, interaction: discord.Interaction[Any], entry: app_commands.Range[str, 1, 200]
+    ) -> None:
+        assert interaction.guild_id is not None
+        try:
+            item = make_entry(entry)
+        except InvalidRequest as exc:
+            await self._reply(interaction, f"❌ {exc.message}. Nothing changed.")
+            return
+        config = await self.bot.guild_settings.guild(interaction.guild_id)
+        entries = [e for e in config.server.get("blocklist", []) if e != item] + [item]
+        await self.bot.guild_settings.set(
+            interaction.guild_id, SERVER, "blocklist", entries, by=interaction.user.id
+        )
+        await self._reply(interaction, f"✅ Prompts matching `{describe(item)}` are refused now.")
+
+    @blocklist.command(name="remove", description="Allow a blocked entry again")
+    @app_commands.check(can_manage)
+    async def blocklist_remove(
+        self, interaction: discord.Interaction[Any], entry: app_commands.Range[str, 1, 200]
+    ) -> None:
+        assert interaction.guild_id is not None
+        config = await self.bot.guild_settings.guild(interaction.guild_id)
+        entries = config.server.get("blocklist", [])
+        kept = [
+            e for e in entries if describe(e) != entry.strip() and e.get("value") != entry.strip()
+        ]
+        if len(kept) == len(entries):
+            await self._reply(interaction, f"❌ `{entry[:80]}` is not on the blocklist.")
+            return
+        await self.bot.guild_settings.set(
+            interaction.guild_id, SERVER, "blocklist", kept, by=interaction.user.id
+        )
+        await self._reply(interaction, f"✅ Removed `{entry[:80]}` from the blocklist.")
+
+    @blocklist.command(name="list", description="The blocked words and patterns")
+    @app_commands.check(can_manage)
+    async def blocklist_list(self, interaction: discord.Interaction[Any]) -> None:
+        assert interaction.guild_id is not None
+        config = await self.bot.guild_settings.guild(interaction.guild_id)
+        entries = [f"`{describe(e)}`" for e in config.server.get("blocklist", [])]
+        await self._reply(
+            interaction,
+            ("Blocked: " + ", ".join(entries))[:1900] if entries else "Nothing is blocked.",
+        )
+
+    @logchannel.command(name="set", description="Tell admins about paused submissions here")
+    @app_commands.check(can_manage)
+    async def logchannel_set(
+        self, interaction: discord.Interaction[Any], channel: discord.TextChannel
+    ) -> None:
+        assert interaction.guild_id is not None
+        await self.bot.guild_settings.set(
+            interaction.guild_id, SERVER, "log_channel", channel.id, by=interaction.user.id
+        )
+        await self._reply(interaction, f"✅ kreabot will report trouble in {channel.mention}.")
+
+    @logchannel.command(name="clear", description="Stop reporting trouble in a channel")
+    @app_commands.check(can_manage)
+    async def logchannel_clear(self, interaction: discord.Interaction[Any]) -> None:
+        await self._cleared(interaction, "server", "log channel", "log_channel")
 
     # -- /prefer ---------------------------------------------------------------------
 

@@ -17,8 +17,9 @@ from discord.ext import commands
 
 from bot.app import ChannelOrigin
 from bot.components import UNAVAILABLE
-from bot.pixazo import ImageStyleReference, TextToImageRequest
+from bot.pixazo import ImageStyleReference, InvalidRequest, TextToImageRequest
 from bot.pixazo.models import SEED_MAX
+from bot.replies import refuse
 from bot.storage.jobs import Job, JobState
 
 if TYPE_CHECKING:
@@ -179,7 +180,9 @@ class VariationsCog(commands.Cog):
             )
             return
         await interaction.response.defer(ephemeral=True, thinking=True)
-        message_id = job.result_message_id or (interaction.message and interaction.message.id)
+        # The message the button is on: a batch's jobs point at the opened copy once
+        # "open" was pressed, while the Delete under the grid must remove the grid.
+        message_id = interaction.message.id if interaction.message else job.result_message_id
         channel = await self.bot.delivery.channel_for(job)
         try:
             if message_id:
@@ -269,6 +272,15 @@ class VariationsCog(commands.Cog):
         ratios: list[str] | None = None,
     ) -> None:
         """Start the job(s) derived from ``job`` (the origin is already acknowledged)."""
+        user_id = origin.user_id if isinstance(origin, ChannelOrigin) else origin.user.id
+        try:
+            await self.bot.check_allowed(
+                job.guild_id, user_id, prompt or job.params.prompt, len(ratios or [None])
+            )
+        except InvalidRequest as exc:
+            if isinstance(origin, discord.Interaction):
+                await refuse(origin, exc.message)
+            return
         try:
             references = await self.current_references(job)
             if variant.startswith("vary_"):

@@ -118,6 +118,14 @@ class PixazoClient:
         self._submit_timeout = aiohttp.ClientTimeout(total=submit_timeout, connect=10)
         self._sleep = sleep
         self._polling_urls: dict[str, str] = {}
+        #: Called after every submit and status call with (kind, HTTP status or None, seconds).
+        self.on_call: Callable[[str, int | None, float], None] | None = None
+        #: Called on every 429 with its Retry-After (so every caller can slow down together).
+        self.on_rate_limited: Callable[[float | None], None] | None = None
+
+    def _record(self, kind: str, status: int | None, started: float) -> None:
+        if self.on_call is not None:
+            self.on_call(kind, status, time.monotonic() - started)
 
     def __repr__(self) -> str:
         return f"PixazoClient(base_url={self.base_url!r})"
@@ -175,6 +183,8 @@ class PixazoClient:
             raise NotFound(text, status=status)
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if self.on_rate_limited is not None:
+                self.on_rate_limited(retry_after)
             raise RateLimited(text or "Too Many Requests", retry_after=retry_after)
         if status >= 500:
             raise ServerError(f"gateway error {status}: {text}", status=status)
@@ -207,10 +217,12 @@ class PixazoClient:
         url = self.base_url + SUBMIT_PATH
 
         async def once() -> SubmitResponse:
+            started, status = time.monotonic(), None
             try:
                 async with self._session.post(
                     url, json=body, headers=headers, timeout=self._submit_timeout
                 ) as response:
+                    status = response.status
                     await self._raise_for_status(response)
                     if response.status != 202 and response.status != 200:
                         raise UnexpectedResponse(
@@ -225,6 +237,8 @@ class PixazoClient:
                 raise ConnectionFailed(
                     f"connection to the gateway failed: {exc}", sent=True
                 ) from exc
+            finally:
+                self._record("submit", status, started)
             try:
                 result = SubmitResponse.model_validate(payload)
             except ValidationError as exc:
@@ -251,10 +265,12 @@ class PixazoClient:
     async def status_once(self, request_id: str, polling_url: str | None = None) -> StatusResponse:
         """One status call, without retries."""
         url = self.status_url(request_id, polling_url)
+        started, status = time.monotonic(), None
         try:
             async with self._session.get(
                 url, headers=self._headers(), timeout=self._request_timeout
             ) as response:
+                status = response.status
                 await self._raise_for_status(response)
                 payload = await response.json(content_type=None)
         except aiohttp.ClientConnectorError as exc:
@@ -263,6 +279,8 @@ class PixazoClient:
             raise PixazoTimeout("the gateway did not answer the status call in time") from exc
         except aiohttp.ClientError as exc:
             raise ConnectionFailed(f"connection to the gateway failed: {exc}", sent=True) from exc
+        finally:
+            self._record("status", status, started)
         try:
             return StatusResponse.model_validate(payload)
         except ValidationError as exc:

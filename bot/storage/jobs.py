@@ -252,3 +252,75 @@ class JobRepository:
         ) as cursor:
             rows = await cursor.fetchall()
         return [_row_to_job(row) for row in rows]
+
+    async def count_requested_since(
+        self, guild_id: int | None, since: float, user_id: int | None = None
+    ) -> int:
+        """Images asked for since ``since`` that count against daily caps.
+
+        Cancelled jobs and jobs refused before reaching the gateway do not count.
+        """
+        query = (
+            "SELECT COUNT(*) FROM jobs WHERE guild_id IS ? AND created_at >= ? "
+            "AND state != 'cancelled' AND NOT (state = 'failed' AND request_id IS NULL)"
+        )
+        args: list[Any] = [guild_id, since]
+        if user_id is not None:
+            query += " AND user_id = ?"
+            args.append(user_id)
+        async with self._db.execute(query, args) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def for_member(self, guild_id: int | None, user_id: int, limit: int = 15) -> list[Job]:
+        """A member's most recent jobs in a server, newest first."""
+        async with self._db.execute(
+            "SELECT * FROM jobs WHERE guild_id IS ? AND user_id = ? ORDER BY id DESC LIMIT ?",
+            (guild_id, user_id, limit),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [_row_to_job(row) for row in rows]
+
+    async def usage(self, guild_id: int, since: float) -> list[UsageRow]:
+        """Per member and UTC day: images submitted, failures, and ERROR jobs (not charged)."""
+        async with self._db.execute(
+            """SELECT user_id, date(submitted_at, 'unixepoch') AS day,
+                      COUNT(*) AS submitted,
+                      SUM(state IN ('failed', 'interrupted')) AS failed,
+                      SUM(error_kind = 'error') AS not_charged
+               FROM jobs
+               WHERE guild_id = ? AND submitted_at >= ? AND request_id IS NOT NULL
+               GROUP BY user_id, day ORDER BY day, user_id""",
+            (guild_id, since),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            UsageRow(int(r[0]), str(r[1]), int(r[2]), int(r[3] or 0), int(r[4] or 0)) for r in rows
+        ]
+
+    async def count_by_state(self) -> dict[str, int]:
+        """How many jobs are in each state."""
+        async with self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state") as cursor:
+            rows = await cursor.fetchall()
+        return {str(row[0]): int(row[1]) for row in rows}
+
+    async def prune_guild(self, guild_id: int, before: float) -> int:
+        """Delete a server's finished jobs created before ``before``; returns how many."""
+        names = ", ".join(f"'{state.value}'" for state in FINAL_STATES)
+        cursor = await self._db.execute(
+            f"DELETE FROM jobs WHERE guild_id = ? AND created_at < ? AND state IN ({names})",
+            (guild_id, before),
+        )
+        await self._db.commit()
+        return cursor.rowcount
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One member's usage on one day."""
+
+    user_id: int
+    day: str
+    submitted: int
+    failed: int
+    not_charged: int

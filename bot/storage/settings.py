@@ -172,3 +172,16 @@ class SettingsRepository:
             (key, value),
         )
         await self._db.commit()
+
+    async def meta_with_prefix(self, prefix: str) -> list[tuple[str, str]]:
+        """Every bot-wide fact whose key starts with ``prefix``."""
+        async with self._db.execute(
+            "SELECT key, value FROM meta WHERE key LIKE ? || '%'", (prefix,)
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [(str(row[0]), str(row[1])) for row in rows]
+
+    async def delete_meta(self, key: str) -> None:
+        """Forget a bot-wide fact."""
+        await self._db.execute("DELETE FROM meta WHERE key = ?", (key,))
+        await self._db.commit()

@@ -1,37 +1,146 @@
-"""``python -m bot [run|check|sync]``: build the dependencies and run kreabot."""
+"""``python -m bot [run | check | sync [--guild ID]]``: build the dependencies and act.
+
+* ``run`` (default): run the bot until SIGTERM/SIGINT.
+* ``check``: validate the settings, open the database, ask Pixazo (free) whether the key
+  is accepted, ask Discord whether the token is, and print the invite URL.
+* ``sync``: register the slash commands now (globally, or in one server with ``--guild``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import logging
+import signal
 import sys
 
 import aiohttp
+import discord
 
 from bot.app import KreaBot
 from bot.config import Settings, SettingsError, load_settings
 from bot.logs import setup_logging
+from bot.pixazo import NotFound, PixazoClient, PixazoError, Unauthorized
 from bot.storage.db import open_database
 
 log = logging.getLogger("bot")
 
+#: Scopes and permissions the bot needs (and no more).
+SCOPES = ("bot", "applications.commands")
+PERMISSIONS = discord.Permissions(
+    view_channel=True,
+    send_messages=True,
+    send_messages_in_threads=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+    add_reactions=True,
+)
+
+
+def application_id_from_token(token: str) -> int | None:
+    """The bot's id, which is the first part of its token (base64)."""
+    first = token.split(".")[0]
+    try:
+        decoded = base64.b64decode(first + "=" * (-len(first) % 4), validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return int(decoded) if decoded.isdigit() else None
+
+
+def invite_url(application_id: int) -> str:
+    """The OAuth2 URL that adds the bot to a server with exactly what it needs."""
+    return discord.utils.oauth_url(application_id, permissions=PERMISSIONS, scopes=SCOPES)
+
 
 async def run(settings: Settings) -> None:
-    """Open the session and the database, then run the bot until it stops."""
+    """Open the session and the database, then run the bot until it is told to stop."""
     db = await open_database(settings.DATABASE_PATH)
     try:
         async with aiohttp.ClientSession() as session:
             async with KreaBot(settings, session=session, db=db) as bot:
+                loop = asyncio.get_running_loop()
+                for signum in (signal.SIGTERM, signal.SIGINT):
+                    with contextlib.suppress(NotImplementedError):
+                        loop.add_signal_handler(
+                            signum, lambda: asyncio.ensure_future(shutdown(bot))
+                        )
                 await bot.start(settings.DISCORD_TOKEN.get_secret_value())
     finally:
         await db.close()
 
 
+async def shutdown(bot: KreaBot) -> None:
+    """Stop taking commands, persist what runs, close the gateway."""
+    log.info("shutting down: in-flight jobs are kept and resume on the next start")
+    await bot.close()
+
+
+async def check(settings: Settings) -> int:
+    """Print one line per check; 0 when everything is fine."""
+    failures = 0
+    db = await open_database(settings.DATABASE_PATH)
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    await db.close()
+    print(f"ok    database {settings.DATABASE_PATH} (schema version {row[0] if row else '?'})")
+    async with aiohttp.ClientSession() as session:
+        client = PixazoClient(
+            session, settings.PIXAZO_API_KEY.get_secret_value(), base_url=settings.PIXAZO_BASE_URL
+        )
+        try:
+            await client.status_once("kreabot-check-not-a-request")
+            print(f"ok    Pixazo key accepted by {settings.PIXAZO_BASE_URL}")
+        except NotFound:
+            print(f"ok    Pixazo key accepted by {settings.PIXAZO_BASE_URL}")
+        except Unauthorized:
+            print("FAIL  Pixazo refused PIXAZO_API_KEY: check the key at pixazo.ai")
+            failures += 1
+        except PixazoError as exc:
+            print(f"??    could not tell whether the Pixazo key is accepted: {exc.message}")
+        http = discord.http.HTTPClient(asyncio.get_running_loop())
+        try:
+            user = await http.static_login(settings.DISCORD_TOKEN.get_secret_value())
+            print(f"ok    Discord token accepted: logged in as {user['username']}")
+        except discord.LoginFailure:
+            print("FAIL  Discord refused DISCORD_TOKEN: reset it in the developer portal")
+            failures += 1
+        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+            print(f"??    could not reach Discord to check the token: {type(exc).__name__}")
+        finally:
+            await http.close()
+    app_id = application_id_from_token(settings.DISCORD_TOKEN.get_secret_value())
+    if app_id is None:
+        print("FAIL  DISCORD_TOKEN does not look like a bot token")
+        failures += 1
+    else:
+        print(f"ok    invite URL: {invite_url(app_id)}")
+    return 1 if failures else 0
+
+
+async def sync(settings: Settings, guild_id: int | None) -> int:
+    """Log in over HTTP only and register the commands."""
+    db = await open_database(settings.DATABASE_PATH)
+    try:
+        async with aiohttp.ClientSession() as session:
+            bot = KreaBot(settings, session=session, db=db, sync_commands=False, resume_jobs=False)
+            async with bot:
+                await bot.login(settings.DISCORD_TOKEN.get_secret_value())
+                await bot.sync_commands(guild_id, only_if_changed=False)
+                where = f"server {guild_id}" if guild_id else "all servers (may take a while)"
+                print(f"ok    slash commands registered for {where}")
+    finally:
+        await db.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m bot", description="Run kreabot.")
-    parser.add_argument("command", nargs="?", default="run", choices=["run"])
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "check", "sync"])
+    parser.add_argument("--guild", type=int, help="with sync: register in this server only")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -43,24 +152,29 @@ def main(argv: list[str] | None = None) -> int:
         secrets=[
             settings.DISCORD_TOKEN.get_secret_value(),
             settings.PIXAZO_API_KEY.get_secret_value(),
+            *([settings.WEBHOOK_SECRET.get_secret_value()] if settings.WEBHOOK_SECRET else []),
         ],
     )
-    if args.command == "run":
-        try:
-            asyncio.run(run(settings))
-        except KeyboardInterrupt:
-            pass
-        except Exception as exc:  # a last line instead of a traceback
-            import discord
-
-            if isinstance(exc, discord.LoginFailure):
-                print(
-                    "kreabot: Discord refused DISCORD_TOKEN: check it in the developer portal",
-                    file=sys.stderr,
-                )
-                return 2
-            log.exception("kreabot stopped on an unexpected error")
-            return 1
+    try:
+        if args.command == "check":
+            return asyncio.run(check(settings))
+        if args.command == "sync":
+            return asyncio.run(sync(settings, args.guild))
+        asyncio.run(run(settings))
+    except KeyboardInterrupt:
+        pass
+    except discord.LoginFailure:
+        print(
+            "kreabot: Discord refused DISCORD_TOKEN: reset it in the developer portal",
+            file=sys.stderr,
+        )
+        return 2
+    except discord.PrivilegedIntentsRequired:
+        print("kreabot: Discord refused the gateway intents for this bot", file=sys.stderr)
+        return 2
+    except Exception:
+        log.exception("kreabot stopped on an unexpected error")
+        return 1
     return 0
 
 

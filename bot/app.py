@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -166,6 +167,7 @@ class KreaBot(commands.Bot):
         self.result_actions: Any = None  # set by the variations cog
         self._sync_commands = sync_commands
         self._resume_jobs = resume_jobs
+        self._maintenance: asyncio.Task[None] | None = None
         self._dynamic_items: set[type[discord.ui.DynamicItem[Any]]] = set()
 
     async def _download_media(self, url: str) -> bytes:
@@ -201,6 +203,7 @@ class KreaBot(commands.Bot):
         resumed = await self.runner.resume()
         if resumed:
             log.info("resumed %d unfinished job(s)", len(resumed))
+        self._maintenance = asyncio.create_task(self._maintain(), name="maintenance")
         if self._sync_commands:
             await self.sync_commands(only_if_changed=True)
 
@@ -360,6 +363,17 @@ class KreaBot(commands.Bot):
         )
         return True
 
+    async def _maintain(self) -> None:
+        """Hourly: delete the history of servers that removed the bot long enough ago."""
+        while True:
+            try:
+                pruned = await self.prune_removed_guilds()
+                if pruned:
+                    log.info("pruned %d job(s) of removed servers", pruned)
+            except Exception:
+                log.exception("maintenance failed")
+            await asyncio.sleep(3600)
+
     async def on_guild_remove(self, guild: discord.Guild) -> None:
         """Forget the server's settings at once; its job history goes after RETENTION_DAYS."""
         await self.guild_settings.forget_guild(guild.id)
@@ -400,6 +414,8 @@ class KreaBot(commands.Bot):
         """Stop taking commands, let in-flight submits persist, stop the jobs (their state
         is in SQLite; the next start resumes them), stop the HTTP server, disconnect."""
         self.accepting = False
+        if self._maintenance is not None:
+            self._maintenance.cancel()
         await self.runner.close()
         if self.web is not None:
             await self.web.close()

@@ -224,6 +224,7 @@ class DiscordDelivery:
             except discord.HTTPException as exc:
                 if exc.code != 50027:
                     raise
+                job.token_expires_at = 0  # died early: use the bot's token from now on
         if message_id is None:
             message_id = await self._find_earlier_reply(job)
         if message_id is None:

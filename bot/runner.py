@@ -145,6 +145,7 @@ class JobRunner:
         self.metrics = metrics
         self._clock = clock
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._jobs: dict[int, Job] = {}
         self._wakes: dict[int, asyncio.Event] = {}
         self._closing = False
         self._probe_task: asyncio.Task[None] | None = None
@@ -158,11 +159,13 @@ class JobRunner:
             return
         task = asyncio.create_task(self._guarded(job), name=f"job-{job.id}")
         self._tasks[job.id] = task
+        self._jobs[job.id] = job
         task.add_done_callback(functools.partial(self._forget, job.id))
 
     def _forget(self, job_id: int, task: asyncio.Task[None]) -> None:
         if self._tasks.get(job_id) is task:
             del self._tasks[job_id]
+            self._jobs.pop(job_id, None)
 
     def running(self) -> int:
         """How many jobs have a task."""
@@ -205,15 +208,29 @@ class JobRunner:
             resumed.append(job)
         return resumed
 
-    async def close(self) -> None:
-        """Stop every job task; their state is persisted and they resume on the next start."""
+    async def close(self, grace: float = 10.0) -> None:
+        """Stop every job task; their state is persisted and they resume on the next start.
+
+        A job whose paid submit is in flight gets up to ``grace`` seconds to learn its
+        request id (so the next start polls it instead of marking it interrupted).
+        """
         self._closing = True
-        tasks = list(self._tasks.values())
+        submitting = [
+            task
+            for job_id, task in self._tasks.items()
+            if self._jobs.get(job_id) is not None
+            and self._jobs[job_id].state is JobState.SUBMITTING
+        ]
+        others = [task for task in self._tasks.values() if task not in submitting]
         if self._probe_task is not None:
-            tasks.append(self._probe_task)
-        for task in tasks:
+            others.append(self._probe_task)
+        for task in others:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if submitting:
+            await asyncio.wait(submitting, timeout=grace)
+        for task in submitting:
+            task.cancel()
+        await asyncio.gather(*others, *submitting, return_exceptions=True)
 
     async def join(self) -> None:
         """Wait until no job is running (tests, shutdown)."""
@@ -249,6 +266,8 @@ class JobRunner:
                     return
             except _Requeue:
                 self.admission.release(job.id)
+            if self._closing:
+                return  # shutting down: the job resumes from its stored state
         if job.state in (JobState.SUBMITTED, JobState.PROCESSING):
             self.admission.add_in_flight(job.id, (job.guild_id, job.user_id))
             status = await self._poll(job)

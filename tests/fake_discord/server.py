@@ -48,7 +48,6 @@ accepts them whatever compression it asked for).
 """
 
 # The test-facing API takes `timeout=` as the brief asks (asyncio.timeout would be clumsier).
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 
@@ -2220,8 +2219,14 @@ class FakeDiscord:
             raise DiscordApiError(404, 10015, "Unknown Webhook")
         payload = ctx.json if isinstance(ctx.json, dict) else {}
         original = handle.original
-        if original is not None and original.loading and handle.response_type == 5:
-            # Discord: the first followup after a defer replaces the "thinking" message.
+        if (
+            original is not None
+            and original.loading
+            and not original.deleted
+            and handle.response_type == 5
+        ):
+            # Discord: the first followup after a defer replaces the "thinking" message
+            # (unless it was deleted: then the followup is a new message).
             self._apply_edit(original, payload, ctx.files, handle.attachment_size_limit)
             message = original
             event = "MESSAGE_UPDATE"

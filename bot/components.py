@@ -18,6 +18,8 @@ from bot.pixazo import ASPECT_RATIOS
 if TYPE_CHECKING:
     from bot.storage.jobs import Job
 
+#: Job ids in custom_ids have at most 18 digits: every such number fits SQLite's 64-bit
+#: integers, so a forged longer id is simply "no longer available", never an OverflowError.
 UNAVAILABLE = "This result is no longer available."
 PREFIX = "krea:"
 
@@ -44,7 +46,7 @@ async def _actions(interaction: discord.Interaction[Any]) -> ResultActions | Non
 
 
 class RegenerateButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:regen:(?P<job>[0-9]{1,19})"
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:regen:(?P<job>[0-9]{1,18})"
 ):
     """Same parameters, new seed."""
 
@@ -72,7 +74,7 @@ class RegenerateButton(
 
 class VaryButton(
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"krea:vary:(?P<mode>subtle|strong):(?P<job>[0-9]{1,19})",
+    template=r"krea:vary:(?P<mode>subtle|strong):(?P<job>[0-9]{1,18})",
 ):
     """The result becomes a style reference for a new image."""
 
@@ -100,7 +102,7 @@ class VaryButton(
 
 
 class RemixButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:remix:(?P<job>[0-9]{1,19})"
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:remix:(?P<job>[0-9]{1,18})"
 ):
     """Edit the prompt (and seed) in a modal and run it again."""
 
@@ -127,7 +129,7 @@ class RemixButton(
 
 
 class OpenButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:open:(?P<job>[0-9]{1,19})"
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:open:(?P<job>[0-9]{1,18})"
 ):
     """Post one image of a batch full size, as a result of its own."""
 
@@ -155,7 +157,7 @@ class OpenButton(
 
 
 class DeleteButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:delete:(?P<job>[0-9]{1,19})"
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:delete:(?P<job>[0-9]{1,18})"
 ):
     """Remove the result (requester or Manage Messages only)."""
 
@@ -182,7 +184,7 @@ class DeleteButton(
 
 
 class RetryButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:retry:(?P<job>[0-9]{1,19})"
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:retry:(?P<job>[0-9]{1,18})"
 ):
     """Send a failed or interrupted job again, as a new job."""
 
@@ -209,7 +211,7 @@ class RetryButton(
 
 
 class ReframeSelect(
-    discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"krea:reframe:(?P<job>[0-9]{1,19})"
+    discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"krea:reframe:(?P<job>[0-9]{1,18})"
 ):
     """Pick other aspect ratios; each becomes its own job."""
 

@@ -48,6 +48,14 @@ def reference_entry(attachment: discord.Attachment, strength: float, role: str) 
     }
 
 
+def human_size(size: int) -> str:
+    """``10485760`` -> ``10 MiB``; ``1536`` -> ``1.5 KiB``."""
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} bytes"
+
+
 def check_image(attachment: discord.Attachment, option: str, max_bytes: int) -> None:
     """Refuse anything but a png/jpeg/webp/gif under the cap."""
     content_type = (attachment.content_type or "").split(";")[0].strip().lower()
@@ -61,8 +69,7 @@ def check_image(attachment: discord.Attachment, option: str, max_bytes: int) -> 
         )
     if attachment.size > max_bytes:
         raise InvalidRequest(
-            f"`{option}` is {attachment.size / 1048576:.1f} MiB; "
-            f"the limit is {max_bytes / 1048576:.0f} MiB"
+            f"`{option}` is {human_size(attachment.size)}; the limit is {human_size(max_bytes)}"
         )
 
 

@@ -10,7 +10,6 @@ Use them from any conftest with ``from tests.fake_discord.fixtures import fake_d
 """
 
 # The test-facing API takes `timeout=` as the brief asks (asyncio.timeout would be clumsier).
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 

@@ -5,7 +5,6 @@ while serving requests and renders them into Discord JSON payloads.
 """
 
 # The test-facing API takes `timeout=` as the brief asks (asyncio.timeout would be clumsier).
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 

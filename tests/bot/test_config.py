@@ -1,0 +1,132 @@
+"""Settings: one-line errors naming the setting, secrets never printed, .env read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.config import Settings, SettingsError, load_settings
+
+TOKEN = "MTAxNDk.discord-token-value.Zx9"
+API_KEY = "pixazo-key-5a7c1e"
+FIELDS = [name for name in Settings.model_fields]
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No setting comes from the developer's environment or a stray ``.env``."""
+    for name in FIELDS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+def set_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+    monkeypatch.setenv("PIXAZO_API_KEY", API_KEY)
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_required(monkeypatch)
+    settings = load_settings(env_file=None)
+    assert settings.DISCORD_TOKEN.get_secret_value() == TOKEN
+    assert settings.PIXAZO_API_KEY.get_secret_value() == API_KEY
+    assert settings.PIXAZO_BASE_URL == "https://gateway.pixazo.ai"
+    assert settings.MAX_CONCURRENT_JOBS == 20
+    assert settings.LOG_LEVEL == "INFO"
+
+
+def test_missing_discord_token_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIXAZO_API_KEY", API_KEY)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env_file=None)
+    message = str(caught.value)
+    assert message.startswith("DISCORD_TOKEN is not set")
+    assert "\n" not in message
+    assert API_KEY not in message
+
+
+def test_every_missing_setting_is_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SettingsError, match=r"^DISCORD_TOKEN is not set.*1 more problem"):
+        load_settings(env_file=None)
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "2.5"])
+def test_malformed_max_concurrent_jobs_is_named(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_required(monkeypatch)
+    monkeypatch.setenv("MAX_CONCURRENT_JOBS", value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env_file=None)
+    message = str(caught.value)
+    assert message.startswith("MAX_CONCURRENT_JOBS is invalid")
+    assert "\n" not in message
+    assert TOKEN not in message and API_KEY not in message
+
+
+@pytest.mark.parametrize("secret", ["two words token", " padded-token-value "])
+def test_a_bad_secret_is_named_but_never_shown(
+    secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_required(monkeypatch)
+    monkeypatch.setenv("DISCORD_TOKEN", secret)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env_file=None)
+    message = str(caught.value)
+    assert message.startswith("DISCORD_TOKEN contains spaces")
+    assert secret.strip() not in message
+
+
+def test_secrets_not_in_repr_or_str(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_required(monkeypatch)
+    settings = load_settings(env_file=None)
+    for text in (repr(settings), str(settings), repr(settings.model_dump())):
+        assert TOKEN not in text
+        assert API_KEY not in text
+
+
+def test_malformed_base_url_and_log_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_required(monkeypatch)
+    monkeypatch.setenv("PIXAZO_BASE_URL", "gateway.pixazo.ai")
+    with pytest.raises(SettingsError, match=r"^PIXAZO_BASE_URL is not an http\(s\) URL"):
+        load_settings(env_file=None)
+    monkeypatch.setenv("PIXAZO_BASE_URL", "http://127.0.0.1:8080/")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    settings = load_settings(env_file=None)
+    assert settings.PIXAZO_BASE_URL == "http://127.0.0.1:8080"
+    assert settings.LOG_LEVEL == "DEBUG"
+
+
+def test_env_file_is_read(tmp_path: Path) -> None:
+    env = tmp_path / "custom.env"
+    env.write_text(
+        f"DISCORD_TOKEN={TOKEN}\nPIXAZO_API_KEY={API_KEY}\nMAX_CONCURRENT_JOBS=3\n",
+        encoding="utf-8",
+    )
+    settings = load_settings(env_file=env)
+    assert settings.DISCORD_TOKEN.get_secret_value() == TOKEN
+    assert settings.MAX_CONCURRENT_JOBS == 3
+
+
+def test_default_env_file_in_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        f"DISCORD_TOKEN={TOKEN}\nPIXAZO_API_KEY={API_KEY}\nDEV_GUILD_ID=1234\n", encoding="utf-8"
+    )
+    settings = load_settings()
+    assert settings.DEV_GUILD_ID == 1234
+
+
+def test_environment_wins_over_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / ".env").write_text(
+        f"DISCORD_TOKEN={TOKEN}\nPIXAZO_API_KEY={API_KEY}\nMAX_CONCURRENT_JOBS=3\n",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("MAX_CONCURRENT_JOBS", "7")
+    assert load_settings().MAX_CONCURRENT_JOBS == 7
+
+
+def test_env_file_ignored_when_none(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"DISCORD_TOKEN={TOKEN}\nPIXAZO_API_KEY={API_KEY}\n")
+    with pytest.raises(SettingsError, match="DISCORD_TOKEN"):
+        load_settings(env_file=None)

@@ -7,8 +7,15 @@ the environment (``DISCORD_TOKEN``, ``PIXAZO_API_KEY``, ``PIXAZO_BASE_URL``,
 ``DiscordWebSocket.DEFAULT_GATEWAY`` becomes), then runs ``bot.__main__.run``: the same
 start-up as production, with nothing injected.
 
-From a test, :meth:`BotProcess.start` launches it and :meth:`BotProcess.kill` ends it the
-hard way (SIGKILL: no shutdown code runs, as when a host dies).
+With arguments (``python -m tests.support.bot_process check``), it patches discord.py the
+same way and hands them to ``bot.__main__.main``: the whole command line as an admin runs
+it (settings read by ``load_settings`` from the environment and ``.env`` in its working
+directory, exit code and all).
+
+From a test, :meth:`BotProcess.start` launches it (``args=`` for a command, ``cwd=`` for
+its working directory), :meth:`BotProcess.kill` ends it the hard way (SIGKILL: no shutdown
+code runs, as when a host dies), :meth:`BotProcess.terminate` the polite way (SIGTERM, as
+``docker stop`` does) and :meth:`BotProcess.wait` reaps it.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +53,10 @@ def main() -> int:
 
     Route.BASE = os.environ["FAKE_DISCORD_API"]
     DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(os.environ["FAKE_DISCORD_GATEWAY"])
+    if len(sys.argv) > 1:
+        from bot.__main__ import main as command_line
+
+        return command_line(sys.argv[1:])
     settings = Settings(_env_file=None)
     setup_logging(
         settings.LOG_LEVEL,
@@ -71,9 +83,16 @@ class BotProcess:
         pixazo: FakePixazo,
         db_path: Path,
         log_path: Path,
+        *,
+        args: Sequence[str] = (),
+        cwd: Path | None = None,
         **settings: str,
     ) -> BotProcess:
-        """Launch the bot against both fakes with ``db_path`` as its database."""
+        """Launch the bot against both fakes with ``db_path`` as its database.
+
+        ``args`` (e.g. ``["run"]``, ``["sync", "--guild", "1"]``) go to ``python -m bot``'s
+        own entry point; ``cwd`` is the working directory (where ``.env`` would be read).
+        """
         from bot.config import Settings
         from tests.fake_discord.fixtures import DEFAULT_TOKEN
 
@@ -101,7 +120,8 @@ class BotProcess:
                 sys.executable,
                 "-m",
                 "tests.support.bot_process",
-                cwd=REPO_ROOT,
+                *args,
+                cwd=cwd or REPO_ROOT,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log,
@@ -123,6 +143,15 @@ class BotProcess:
         if self.running():
             self.process.kill()
         return await asyncio.wait_for(self.process.wait(), 10.0)
+
+    def terminate(self) -> None:
+        """Send SIGTERM (what ``docker stop`` and systemd send): the bot shuts down cleanly."""
+        if self.running():
+            self.process.terminate()
+
+    async def wait(self, timeout: float = 20.0) -> int:
+        """Wait for the process to exit on its own; returns its exit code."""
+        return await asyncio.wait_for(self.process.wait(), timeout)
 
     def log(self) -> str:
         """Everything the process wrote so far."""

@@ -9,6 +9,7 @@ Vary values (Krea 2 has no image-to-image, so the result becomes a style referen
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 from typing import TYPE_CHECKING, Any
 
@@ -46,43 +47,54 @@ def new_seed() -> int:
     return secrets.randbelow(SEED_MAX + 1)
 
 
-class RemixModal(discord.ui.Modal, title="Remix"):
-    """The prompt (and seed) of a result, ready to edit."""
+REMIXED = re.compile(r"krea:remixed:(?P<job>[0-9]{1,18})")
+PROMPT_FIELD = "krea:remix-prompt"
+SEED_FIELD = "krea:remix-seed"
 
-    def __init__(self, cog: VariationsCog, job: Job) -> None:
-        super().__init__(timeout=None, custom_id=f"krea:remixed:{job.id}")
-        self.cog = cog
-        self.job_id = job.id
-        self.prompt: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
-            label="Prompt",
-            style=discord.TextStyle.paragraph,
-            default=job.params.prompt[:4000],
-            max_length=min(4000, cog.bot.settings.MAX_PROMPT_LENGTH),
+
+class RemixModal(discord.ui.Modal, title="Remix"):
+    """The prompt (and seed) of a result, ready to edit.
+
+    Its submission is handled by :meth:`VariationsCog.on_interaction` from the custom_id
+    alone, so a form opened before a restart still works after it.
+    """
+
+    def __init__(self, job: Job, max_prompt: int) -> None:
+        super().__init__(timeout=15 * 60, custom_id=f"krea:remixed:{job.id}")
+        self.add_item(
+            discord.ui.TextInput(
+                label="Prompt",
+                style=discord.TextStyle.paragraph,
+                default=job.params.prompt[:4000],
+                max_length=min(4000, max_prompt),
+                custom_id=PROMPT_FIELD,
+            )
         )
-        self.seed: discord.ui.TextInput[RemixModal] = discord.ui.TextInput(
-            label="Seed (empty for a random one)",
-            default=str(job.seed),
-            required=False,
-            max_length=10,
+        self.add_item(
+            discord.ui.TextInput(
+                label="Seed (empty for a random one)",
+                default=str(job.seed),
+                required=False,
+                max_length=10,
+                custom_id=SEED_FIELD,
+            )
         )
-        self.add_item(self.prompt)
-        self.add_item(self.seed)
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
-        seed_text = self.seed.value.strip()
-        if seed_text and (not seed_text.isdigit() or int(seed_text) > SEED_MAX):
-            await interaction.response.send_message(
-                f"❌ The seed must be a whole number from 0 to {SEED_MAX}.", ephemeral=True
-            )
-            return
-        prompt = self.prompt.value.strip()
-        if not prompt:
-            await interaction.response.send_message(
-                "❌ The prompt cannot be empty.", ephemeral=True
-            )
-            return
-        seed = int(seed_text) if seed_text else new_seed()
-        await self.cog.derive(interaction, self.job_id, "remix", prompt=prompt, seed=seed)
+        """Answered by the cog's listener (which also works after a restart)."""
+
+
+def submitted_values(components: list[dict[str, Any]]) -> dict[str, str]:
+    """custom_id -> value of every text input in a modal submission (any nesting)."""
+    values: dict[str, str] = {}
+    for component in components:
+        if "custom_id" in component and "value" in component:
+            values[str(component["custom_id"])] = str(component["value"])
+        values.update(submitted_values(component.get("components") or []))
+        child = component.get("component")
+        if isinstance(child, dict):
+            values.update(submitted_values([child]))
+    return values
 
 
 class VariationsCog(commands.Cog):
@@ -126,7 +138,33 @@ class VariationsCog(commands.Cog):
         if not await self.may_press(job, interaction.user.id, interaction.channel_id):
             await interaction.response.send_message(REQUESTER_ONLY, ephemeral=True)
             return
-        await interaction.response.send_modal(RemixModal(self, job))
+        await interaction.response.send_modal(RemixModal(job, self.bot.settings.MAX_PROMPT_LENGTH))
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        """Remix form submissions: run the edited prompt (and seed)."""
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        data: dict[str, Any] = dict(interaction.data or {})
+        match = REMIXED.fullmatch(str(data.get("custom_id", "")))
+        if match is None:
+            return
+        values = submitted_values(list(data.get("components") or []))
+        seed_text = values.get(SEED_FIELD, "").strip()
+        if seed_text and (not seed_text.isdigit() or int(seed_text) > SEED_MAX):
+            await interaction.response.send_message(
+                f"❌ The seed must be a whole number from 0 to {SEED_MAX}. Nothing was sent.",
+                ephemeral=True,
+            )
+            return
+        prompt = values.get(PROMPT_FIELD, "").strip()
+        if not prompt:
+            await interaction.response.send_message(
+                "❌ The prompt cannot be empty. Nothing was sent.", ephemeral=True
+            )
+            return
+        seed = int(seed_text) if seed_text else new_seed()
+        await self.derive(interaction, int(match["job"]), "remix", prompt=prompt, seed=seed)
 
     async def reframe(
         self, interaction: discord.Interaction[Any], job_id: int, ratios: list[str]

@@ -153,6 +153,23 @@ async def test_remix_opens_a_prefilled_modal_and_runs_the_edited_prompt(world: W
     assert new.embeds[0]["description"] == "a lighthouse at dawn"
 
 
+async def test_a_remix_form_opened_before_a_restart_still_works_after_it(world: World) -> None:
+    async with world.bot():
+        _, result = await imagine_result(world, **RICH)
+        click = await press(world, result, "krea:remix:1")
+        prompt_input, seed_input = modal_text_inputs(click)
+    async with world.bot():
+        submitted = await world.discord.submit_modal(
+            click,
+            {prompt_input["custom_id"]: "a lighthouse in fog", seed_input["custom_id"]: "9"},
+        )
+        await submitted.wait_for_response()
+        new = await world.result_of(submitted)
+        _, remixed = await wait_for_submits(world, 2)
+    assert (remixed["prompt"], remixed["seed"]) == ("a lighthouse in fog", 9)
+    assert new.embeds[0]["description"] == "a lighthouse in fog"
+
+
 async def test_remix_with_a_bad_seed_is_explained_and_sends_nothing(world: World) -> None:
     async with world.bot():
         _, result = await imagine_result(world, **RICH)

@@ -206,7 +206,24 @@ class DiscordDelivery:
         payload = [(filename, data), *((name, blob) for name, blob, _ in ref_files)]
         view = result_view(job)
         content = f"<@{job.user_id}>'s image is ready"
-        message_id: int | None = None
+        message_id = await self._publish(job, content, embeds, view, payload)
+        if ref_files:
+            stored = [
+                dict(entry, message_id=message_id, filename=name) for name, _, entry in ref_files
+            ]
+            await self.repo.update(job, refs=stored)
+        return message_id
+
+    async def _publish(
+        self,
+        job: Job,
+        content: str,
+        embeds: list[discord.Embed],
+        view: discord.ui.View,
+        payload: list[tuple[str, bytes]],
+    ) -> int:
+        """Put a result in the job's message while its token lives; else reply in the channel
+        (once: a reply posted before a restart is found again) and point the original at it."""
         if job.message_id is not None and job.token_valid(self.clock()):
             try:
                 await self._webhook(job).edit_message(
@@ -217,30 +234,25 @@ class DiscordDelivery:
                     view=view,
                     allowed_mentions=NO_MENTIONS,
                 )
-                message_id = job.message_id
+                return job.message_id
             except discord.NotFound:
                 log.info("job %s: message deleted; posting the result anew", job.id)
-                message_id = await self._post(job, content, embeds, view, payload, reply=False)
+                return await self._post(job, content, embeds, view, payload, reply=False)
             except discord.HTTPException as exc:
                 if exc.code != 50027:
                     raise
                 job.token_expires_at = 0  # died early: use the bot's token from now on
-        if message_id is None:
-            message_id = await self._find_earlier_reply(job)
-        if message_id is None:
-            message_id = await self._post(
-                job, content, embeds, view, payload, reply=job.message_id is not None
+        message_id = await self._find_earlier_reply(job)
+        if message_id is not None:
+            return message_id
+        message_id = await self._post(
+            job, content, embeds, view, payload, reply=job.message_id is not None
+        )
+        if job.message_id is not None:
+            link = jump_url(job.guild_id, job.channel_id, message_id)
+            await self.edit_job_message(
+                job, content=f"✅ Finished: the image is in the reply below ({link})", view=None
             )
-            if job.message_id is not None:
-                link = jump_url(job.guild_id, job.channel_id, message_id)
-                await self.edit_job_message(
-                    job, content=f"✅ Finished: the image is in the reply below ({link})", view=None
-                )
-        if ref_files:
-            stored = [
-                dict(entry, message_id=message_id, filename=name) for name, _, entry in ref_files
-            ]
-            await self.repo.update(job, refs=stored)
         return message_id
 
     async def _reference_files(self, job: Job) -> list[tuple[str, bytes, dict[str, Any]]]:
@@ -366,21 +378,7 @@ class DiscordDelivery:
         embeds += [tile_embed(member, name) for member, name in tiles][: 10 - len(embeds)]
         view = batch_view(jobs, [data is not None for data in images])
         content = f"<@{first.user_id}>'s {len(jobs)} images are ready"
-        if first.message_id is not None and first.token_valid(self.clock()):
-            try:
-                await self._webhook(first).edit_message(
-                    first.message_id,
-                    content=content,
-                    embeds=embeds,
-                    attachments=_files(payload),
-                    view=view,
-                    allowed_mentions=NO_MENTIONS,
-                )
-                return first.message_id
-            except discord.HTTPException as exc:
-                if exc.code not in (50027, 10008):
-                    raise
-        return await self._post(first, content, embeds, view, payload, reply=True)
+        return await self._publish(first, content, embeds, view, payload)
 
     async def publish_open(
         self, job: Job, interaction: discord.Interaction[Any], data: bytes

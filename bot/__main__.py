@@ -14,13 +14,14 @@ import base64
 import contextlib
 import logging
 import signal
+import sqlite3
 import sys
 
 import aiohttp
 import discord
 
 from bot.app import KreaBot
-from bot.config import Settings, SettingsError, load_settings
+from bot.config import HINTS, Settings, SettingsError, load_settings
 from bot.logs import setup_logging
 from bot.pixazo import NotFound, PixazoClient, PixazoError, Unauthorized
 from bot.storage.db import open_database
@@ -38,6 +39,10 @@ PERMISSIONS = discord.Permissions(
     read_message_history=True,
     add_reactions=True,
 )
+
+
+#: How to fix a database that cannot be opened.
+DATABASE_HINT = f"check DATABASE_PATH: {HINTS['DATABASE_PATH']}"
 
 
 def application_id_from_token(token: str) -> int | None:
@@ -62,14 +67,21 @@ async def run(settings: Settings) -> None:
         async with aiohttp.ClientSession() as session:
             async with KreaBot(settings, session=session, db=db) as bot:
                 loop = asyncio.get_running_loop()
+                # The loop keeps only weak references to tasks: hold the shutdown task.
+                stopping: set[asyncio.Task[None]] = set()
+
+                def on_signal() -> None:
+                    task = asyncio.ensure_future(shutdown(bot))
+                    stopping.add(task)
+                    task.add_done_callback(stopping.discard)
+
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     with contextlib.suppress(NotImplementedError):
-                        loop.add_signal_handler(
-                            signum, lambda: asyncio.ensure_future(shutdown(bot))
-                        )
+                        loop.add_signal_handler(signum, on_signal)
                 await bot.start(settings.DISCORD_TOKEN.get_secret_value())
     finally:
         await db.close()
+    log.info("stopped: the gateway and the database are closed")
 
 
 async def shutdown(bot: KreaBot) -> None:
@@ -81,11 +93,16 @@ async def shutdown(bot: KreaBot) -> None:
 async def check(settings: Settings) -> int:
     """Print one line per check; 0 when everything is fine."""
     failures = 0
-    db = await open_database(settings.DATABASE_PATH)
-    async with db.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
-    await db.close()
-    print(f"ok    database {settings.DATABASE_PATH} (schema version {row[0] if row else '?'})")
+    try:
+        db = await open_database(settings.DATABASE_PATH)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"FAIL  database {settings.DATABASE_PATH} cannot be opened ({exc}): {DATABASE_HINT}")
+        failures += 1
+    else:
+        async with db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        await db.close()
+        print(f"ok    database {settings.DATABASE_PATH} (schema version {row[0] if row else '?'})")
     async with aiohttp.ClientSession() as session:
         client = PixazoClient(
             session, settings.PIXAZO_API_KEY.get_secret_value(), base_url=settings.PIXAZO_BASE_URL
@@ -101,9 +118,15 @@ async def check(settings: Settings) -> int:
         except PixazoError as exc:
             print(f"??    could not tell whether the Pixazo key is accepted: {exc.message}")
         http = discord.http.HTTPClient(asyncio.get_running_loop())
+        app_id: int | None = None
         try:
             user = await http.static_login(settings.DISCORD_TOKEN.get_secret_value())
             print(f"ok    Discord token accepted: logged in as {user['username']}")
+            # The invite names the application, whose id can differ from the bot user's.
+            with contextlib.suppress(
+                discord.HTTPException, aiohttp.ClientError, OSError, KeyError, ValueError
+            ):
+                app_id = int((await http.application_info())["id"])
         except discord.LoginFailure:
             print("FAIL  Discord refused DISCORD_TOKEN: reset it in the developer portal")
             failures += 1
@@ -111,7 +134,7 @@ async def check(settings: Settings) -> int:
             print(f"??    could not reach Discord to check the token: {type(exc).__name__}")
         finally:
             await http.close()
-    app_id = application_id_from_token(settings.DISCORD_TOKEN.get_secret_value())
+    app_id = app_id or application_id_from_token(settings.DISCORD_TOKEN.get_secret_value())
     if app_id is None:
         print("FAIL  DISCORD_TOKEN does not look like a bot token")
         failures += 1
@@ -129,6 +152,7 @@ async def sync(settings: Settings, guild_id: int | None) -> int:
             async with bot:
                 await bot.login(settings.DISCORD_TOKEN.get_secret_value())
                 await bot.sync_commands(guild_id, only_if_changed=False)
+                guild_id = guild_id or settings.DEV_GUILD_ID  # what sync_commands used
                 where = f"server {guild_id}" if guild_id else "all servers (may take a while)"
                 print(f"ok    slash commands registered for {where}")
     finally:

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATH = "/webhooks/pixazo/{job_id}/{token}"
+#: The text exposition format, as Prometheus asks for it.
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def webhook_token(secret: str, job_id: int) -> str:
@@ -60,7 +62,10 @@ class WebServer:
 
     async def healthz(self, request: web.Request) -> web.Response:
         """200 when connected to Discord and the database answers, else 503."""
-        connected = self.bot.ws is not None and not self.bot.is_closed() and self.bot.user
+        # ``ws`` outlives a dropped connection (discord.py reconnects with a new one): ask
+        # whether its socket is open.
+        ws = self.bot.ws
+        connected = ws is not None and ws.open and not self.bot.is_closed() and self.bot.user
         try:
             async with self.bot.db.execute("SELECT 1") as cursor:
                 database = await cursor.fetchone() is not None
@@ -78,18 +83,20 @@ class WebServer:
         """Prometheus text format."""
         states = await self.bot.jobs.count_by_state()
         text = self.bot.metrics.render(states)
-        return web.Response(text=text, content_type="text/plain", charset="utf-8")
+        return web.Response(text=text, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
     async def webhook(self, request: web.Request) -> web.Response:
         """A Pixazo callback. Trusts nothing but the token: the runner confirms by polling."""
-        try:
-            job_id = int(request.match_info["job_id"])
-        except ValueError:
-            return web.Response(status=404)
-        token = request.match_info["token"]
-        if not self._secret or not hmac.compare_digest(token, webhook_token(self._secret, job_id)):
+        raw_id, token = request.match_info["job_id"], request.match_info["token"]
+        job_id = int(raw_id) if raw_id.isascii() and raw_id.isdigit() and len(raw_id) < 20 else None
+        # As bytes: compare_digest refuses str with non-ASCII characters (a forged path may).
+        if (
+            job_id is None
+            or not self._secret
+            or not hmac.compare_digest(token.encode(), webhook_token(self._secret, job_id).encode())
+        ):
             self.bot.metrics.webhooks["forged"] += 1
-            log.warning("ignored a webhook with a bad token for job %s", job_id)
+            log.warning("ignored a webhook with a bad token for job %r", raw_id[:40])
             return web.Response(status=404)
         woken = self.bot.runner.wake(job_id)
         self.bot.metrics.webhooks["woke" if woken else "ignored"] += 1

@@ -1,0 +1,523 @@
+"""``python -m bot``: the command line an admin runs, and the image that runs it.
+
+``check`` and ``sync`` run as real subprocesses. Those that must reach Discord go through
+``tests.support.bot_process``, which points discord.py at the fake Discord hosted by the
+test and then hands the arguments to ``bot.__main__.main``. Every process runs in a
+working directory without ``.env`` and with no setting inherited from the developer.
+
+No Docker engine runs here, so the image is checked by construction: the files its
+Dockerfile copies exist and reach the build context, the settings it bakes in are valid,
+its command starts, its health check's code runs against the real HTTP server, and the
+compose file's demo command is accepted by the fake gateway's real command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import fnmatch
+import json
+import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bot.config import Settings
+from bot.fake_pixazo import FakePixazo
+from bot.fake_pixazo.__main__ import build_parser as fake_pixazo_parser
+from tests.fake_discord import FakeDiscord
+from tests.support.bot_process import BotProcess
+from tests.support.world import World
+from tests.support.yaml_subset import load as load_yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+API_KEY = "pixazo-key-that-must-stay-secret"
+#: The exact permissions the invite asks for: View Channel, Send Messages, Send Messages in
+#: Threads, Embed Links, Attach Files, Read Message History, Add Reactions.
+PERMISSION_BITS = (10, 11, 38, 14, 15, 16, 6)
+PERMISSIONS = sum(1 << bit for bit in PERMISSION_BITS)
+
+
+def bot_token(application_id: int) -> str:
+    """A token shaped like Discord's: the bot's id in base64, a timestamp, an HMAC."""
+    first = base64.b64encode(str(application_id).encode()).decode().rstrip("=")
+    return f"{first}.GhJk1a.{'s3cr3t' * 6}"
+
+
+def clean_env(**settings: str) -> dict[str, str]:
+    """The test's environment minus every setting the bot reads, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.update(settings)
+    return env
+
+
+def run_bot_command(
+    args: list[str], cwd: Path, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """``python -m bot ARGS`` as an admin runs it (no fake patched in)."""
+    return subprocess.run(
+        [sys.executable, "-m", "bot", *args],
+        cwd=cwd,
+        env=clean_env(**settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@contextlib.asynccontextmanager
+async def both_fakes(**discord_options: Any) -> AsyncIterator[tuple[FakePixazo, FakeDiscord]]:
+    """A fake gateway accepting ``API_KEY`` and a fake Discord with one server."""
+    async with (
+        FakePixazo(api_key=API_KEY, queued_seconds=0.01, processing_seconds=0.05) as pixazo,
+        FakeDiscord(**discord_options) as discord_fake,
+    ):
+        discord_fake.add_guild()
+        yield pixazo, discord_fake
+
+
+async def run_against_fakes(
+    pixazo: FakePixazo,
+    discord_fake: FakeDiscord,
+    tmp_path: Path,
+    args: list[str],
+    **settings: str,
+) -> tuple[int, str]:
+    """``python -m bot ARGS`` with discord.py pointed at the fake; (exit code, output).
+
+    The output mixes stdout and the log (stderr); ``check`` runs with ``LOG_LEVEL=WARNING``
+    so that its output is only its report, unless something went wrong.
+    """
+    if args[0] == "check":
+        settings.setdefault("LOG_LEVEL", "WARNING")
+    process = await BotProcess.start(
+        discord_fake,
+        pixazo,
+        tmp_path / "kreabot.sqlite3",
+        tmp_path / f"{args[0]}.log",
+        args=args,
+        cwd=tmp_path,
+        **{"DISCORD_TOKEN": bot_token(discord_fake.application_id), **settings},
+    )
+    code = await process.wait(30.0)
+    return code, process.log()
+
+
+# -- python -m bot check: settings ------------------------------------------------------------
+
+
+def test_help_names_every_command(tmp_path: Path) -> None:
+    result = run_bot_command(["--help"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    for word in ("run", "check", "sync", "--guild"):
+        assert word in result.stdout
+
+
+def test_check_names_a_missing_token_in_one_line(tmp_path: Path) -> None:
+    result = run_bot_command(["check"], tmp_path, PIXAZO_API_KEY=API_KEY)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("kreabot: DISCORD_TOKEN is not set: ")
+    assert "developer portal" in line
+    assert API_KEY not in result.stderr
+    assert not (tmp_path / "data").exists(), "nothing is opened before the settings are valid"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("HTTP_PORT", "eighty", "HTTP_PORT is invalid"),
+        ("LOG_LEVEL", "LOUD", "LOG_LEVEL is invalid"),
+        ("PIXAZO_BASE_URL", "gateway.pixazo.ai", "PIXAZO_BASE_URL is not an http(s) URL"),
+        ("MAX_CONCURRENT_JOBS", "0", "MAX_CONCURRENT_JOBS is invalid"),
+        ("DISCORD_TOKEN", "pasted with a space", "DISCORD_TOKEN contains spaces"),
+        ("WEBHOOK_PUBLIC_URL", "https://bot.example.org", "WEBHOOK_PUBLIC_URL needs HTTP_PORT"),
+    ],
+)
+def test_check_names_a_malformed_setting_in_one_line(
+    tmp_path: Path, name: str, value: str, expected: str
+) -> None:
+    token = bot_token(1234567890123)
+    settings = {"DISCORD_TOKEN": token, "PIXAZO_API_KEY": API_KEY, name: value}
+    result = run_bot_command(["check"], tmp_path, **settings)
+
+    assert result.returncode == 2
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"kreabot: {expected}"), line
+    for secret in (token, API_KEY, settings["DISCORD_TOKEN"]):
+        assert secret not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_reads_dotenv_from_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(
+        f"DISCORD_TOKEN={bot_token(1)}\nPIXAZO_API_KEY={API_KEY}\nLOG_LEVEL=chatty\n"
+    )
+    result = run_bot_command(["check"], tmp_path)
+
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("kreabot: LOG_LEVEL is invalid"), line
+
+
+# -- python -m bot check: against the fakes ---------------------------------------------------
+
+
+async def test_check_with_good_settings_prints_the_invite_url(tmp_path: Path) -> None:
+    async with both_fakes() as (pixazo, discord_fake):
+        # An old bot: its user id (in the token) is not its application id (in the invite).
+        token = bot_token(discord_fake.application_id - 1)
+        code, output = await run_against_fakes(
+            pixazo, discord_fake, tmp_path, ["check"], DISCORD_TOKEN=token
+        )
+
+        assert code == 0, output
+        app_id = discord_fake.application_id
+        lines = output.splitlines()
+        assert lines[0] == (f"ok    database {tmp_path / 'kreabot.sqlite3'} (schema version 3)"), (
+            output
+        )
+        assert lines[1] == f"ok    Pixazo key accepted by {pixazo.base_url}"
+        assert lines[2] == "ok    Discord token accepted: logged in as kreabot"
+        assert lines[3] == (
+            f"ok    invite URL: https://discord.com/oauth2/authorize?client_id={app_id}"
+            f"&scope=bot+applications.commands&permissions={PERMISSIONS}"
+        )
+        assert len(lines) == 4, output
+        # The key was checked with one free status call (404: unknown id); nothing was paid.
+        assert pixazo.submits() == []
+        assert [call.status for call in pixazo.status_calls()] == [404]
+        # Discord: the token was checked over HTTP; no gateway session, no command sync.
+        assert discord_fake.identify_count == 0
+        assert discord_fake.command_syncs == 0
+        assert token not in output and API_KEY not in output
+
+
+async def test_check_reports_keys_that_are_refused(tmp_path: Path) -> None:
+    async with both_fakes(token="the-only-accepted-token") as (pixazo, discord_fake):
+        code, output = await run_against_fakes(
+            pixazo, discord_fake, tmp_path, ["check"], PIXAZO_API_KEY="a-revoked-key"
+        )
+
+        assert code == 1, output
+        assert "FAIL  Pixazo refused PIXAZO_API_KEY: check the key at pixazo.ai" in output
+        assert "FAIL  Discord refused DISCORD_TOKEN: reset it in the developer portal" in output
+        # Still useful: without Discord's answer, the id comes from the token.
+        app_id = discord_fake.application_id
+        assert f"ok    invite URL: https://discord.com/oauth2/authorize?client_id={app_id}&" in (
+            output
+        )
+        assert "a-revoked-key" not in output and bot_token(discord_fake.application_id) not in (
+            output
+        )
+        assert "Traceback" not in output
+
+
+async def test_check_reports_a_database_it_cannot_open(tmp_path: Path) -> None:
+    (tmp_path / "a-directory").mkdir()
+    async with both_fakes() as (pixazo, discord_fake):
+        code, output = await run_against_fakes(
+            pixazo,
+            discord_fake,
+            tmp_path,
+            ["check"],
+            DATABASE_PATH=str(tmp_path / "a-directory"),
+        )
+
+    assert code == 1, output
+    (line,) = [line for line in output.splitlines() if "database" in line]
+    assert line.startswith("FAIL  database ") and "DATABASE_PATH" in line
+    assert "Traceback" not in output
+    assert "ok    Pixazo key accepted" in output  # the other checks still ran
+
+
+# -- python -m bot sync -----------------------------------------------------------------------
+
+
+async def test_sync_with_guild_registers_the_commands_in_that_server_only(
+    tmp_path: Path,
+) -> None:
+    async with both_fakes() as (pixazo, discord_fake):
+        (guild_id,) = discord_fake.guilds
+        code, output = await run_against_fakes(
+            pixazo, discord_fake, tmp_path, ["sync", "--guild", str(guild_id)]
+        )
+
+        assert code == 0, output
+        assert f"ok    slash commands registered for server {guild_id}" in output
+        assert discord_fake.command_syncs == 1
+        (record,) = discord_fake.sync_log
+        assert record.guild_id == guild_id
+        assert "imagine" in record.names
+        assert discord_fake.commands(None) == []  # nothing global
+        assert discord_fake.identify_count == 0  # HTTP only: no gateway session
+        assert pixazo.requests == []  # and nothing resumed or sent to the gateway
+
+
+async def test_sync_without_guild_registers_global_commands(tmp_path: Path) -> None:
+    async with both_fakes() as (pixazo, discord_fake):
+        code, output = await run_against_fakes(pixazo, discord_fake, tmp_path, ["sync"])
+
+        assert code == 0, output
+        assert "ok    slash commands registered for all servers" in output
+        (record,) = discord_fake.sync_log
+        assert record.guild_id is None
+        assert discord_fake.command("imagine") is not None
+
+
+async def test_sync_without_guild_uses_dev_guild_id_and_says_so(tmp_path: Path) -> None:
+    async with both_fakes() as (pixazo, discord_fake):
+        (guild_id,) = discord_fake.guilds
+        code, output = await run_against_fakes(
+            pixazo, discord_fake, tmp_path, ["sync"], DEV_GUILD_ID=str(guild_id)
+        )
+
+        assert code == 0, output
+        assert f"ok    slash commands registered for server {guild_id}" in output
+        assert [record.guild_id for record in discord_fake.sync_log] == [guild_id]
+
+
+# -- the image --------------------------------------------------------------------------------
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for raw in (REPO_ROOT / "Dockerfile").read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        pending += line
+        keyword, _, rest = pending.partition(" ")
+        instructions.append((keyword.upper(), rest.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends inside a continued line"
+    return instructions
+
+
+def final_stage() -> list[tuple[str, str]]:
+    """The instructions of the image's last stage."""
+    instructions = dockerfile_instructions()
+    starts = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
+    return instructions[starts[-1] :]
+
+
+def image_env() -> dict[str, str]:
+    """The ENV of the final stage (``KEY=value`` pairs)."""
+    env: dict[str, str] = {}
+    for keyword, rest in final_stage():
+        if keyword == "ENV":
+            for pair in shlex.split(rest):
+                key, _, value = pair.partition("=")
+                env[key] = value
+    return env
+
+
+def exec_form(rest: str) -> list[str]:
+    """A JSON-array (exec form) argument list."""
+    value = json.loads(rest)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), rest
+    return value
+
+
+def healthcheck_command() -> list[str]:
+    """The HEALTHCHECK's CMD, exec form."""
+    (rest,) = [rest for keyword, rest in final_stage() if keyword == "HEALTHCHECK"]
+    options, _, command = rest.partition("CMD ")
+    assert all(part.startswith("--") for part in options.split()), options
+    return exec_form(command)
+
+
+def dockerignored(path: str) -> bool:
+    """Whether ``.dockerignore`` keeps ``path`` (relative, POSIX) out of the build context."""
+    ignored = False
+    for raw in (REPO_ROOT / ".dockerignore").read_text().splitlines():
+        pattern = raw.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").rstrip("/").removeprefix("**/")
+        parts = path.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        names = parts
+        if any(fnmatch.fnmatchcase(p, pattern) for p in prefixes + names):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerfile_is_multi_stage_non_root_with_a_data_volume() -> None:
+    instructions = dockerfile_instructions()
+    stages = [rest for keyword, rest in instructions if keyword == "FROM"]
+    assert len(stages) >= 2 and " AS " in stages[0].upper()
+    final = final_stage()
+    keywords = [keyword for keyword, _ in final]
+    assert "COPY" not in keywords, "the final stage installs from a bind mount, copying nothing"
+    (user,) = [rest for keyword, rest in final if keyword == "USER"]
+    assert user.split(":")[0] not in ("root", "0")
+    assert user.split(":")[0].isdigit(), "a numeric UID lets Kubernetes verify runAsNonRoot"
+    (volume,) = [rest for keyword, rest in final if keyword == "VOLUME"]
+    assert exec_form(volume) == ["/data"]
+    env = image_env()
+    assert Path(env["DATABASE_PATH"]).parent == Path("/data")
+    assert env["HTTP_PORT"] == "8080" and env["HTTP_HOST"] == "0.0.0.0"
+    (expose,) = [rest for keyword, rest in final if keyword == "EXPOSE"]
+    assert expose == env["HTTP_PORT"]
+    # The baked-in settings are valid once an admin adds the two secrets.
+    settings = Settings(_env_file=None, DISCORD_TOKEN="t", PIXAZO_API_KEY="k", **env)
+    assert settings.HTTP_PORT == 8080
+
+
+def test_dockerfile_copies_files_that_exist_and_reach_the_build_context() -> None:
+    sources = []
+    for keyword, rest in dockerfile_instructions():
+        if keyword == "COPY" and "--from=" not in rest:
+            sources += [s for s in rest.split()[:-1] if not s.startswith("--")]
+    assert sources, "the build stage copies the project"
+    for source in sources:
+        assert (REPO_ROOT / source).exists(), f"the Dockerfile copies missing {source}"
+        assert not dockerignored(source), f".dockerignore drops {source}"
+    # Everything the wheel needs is copied: the packages pyproject includes, its README.
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    assert 'include = ["bot*", "cogs*"]' in pyproject and "pyproject.toml" in sources
+    assert {"bot", "cogs", "README.md"} <= set(sources)
+    assert 'migrations/*.sql"' in pyproject, "the migrations ship in the wheel"
+    # Secrets and local state never reach the image.
+    for private in (".env", "data/kreabot.sqlite3", ".git/config", "bot/__pycache__/x.pyc"):
+        assert dockerignored(private), f"{private} would be sent to the Docker build"
+
+
+def test_the_image_command_is_python_m_bot_and_starts(tmp_path: Path) -> None:
+    (cmd,) = [rest for keyword, rest in final_stage() if keyword == "CMD"]
+    command = exec_form(cmd)
+    assert command[:3] == ["python", "-m", "bot"]
+    result = subprocess.run(
+        [sys.executable, *command[1:], "--help"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "run" in result.stdout
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def run_healthcheck(port: int) -> int:
+    """Run the image's HEALTHCHECK command as Docker would (with the image's HTTP_PORT)."""
+    command = healthcheck_command()
+    assert command[0] == "python"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *command[1:],
+        env=clean_env(**{**image_env(), "HTTP_PORT": str(port)}),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    return await asyncio.wait_for(process.wait(), 30.0)
+
+
+async def test_the_image_healthcheck_passes_only_when_the_bot_is_healthy(world: World) -> None:
+    (code,) = [arg for arg in healthcheck_command() if "urlopen" in arg]
+    compile(code, "HEALTHCHECK", "exec")  # valid Python
+    port = free_port()
+    async with world.bot(HTTP_PORT=port, HTTP_HOST="127.0.0.1") as bot:
+        assert await run_healthcheck(port) == 0
+        await bot.db.close()  # the database is gone: /healthz answers 503
+        assert await run_healthcheck(port) != 0
+    assert await run_healthcheck(port) != 0  # nothing listens any more
+
+
+def compose() -> dict[str, Any]:
+    """docker-compose.yml, parsed."""
+    parsed = load_yaml((REPO_ROOT / "docker-compose.yml").read_text())
+    assert isinstance(parsed, dict)
+    return parsed
+
+
+def test_compose_runs_the_bot_with_env_file_and_a_data_volume() -> None:
+    services = compose()["services"]
+    bot = services["kreabot"]
+    assert bot["build"] == "."
+    assert bot["env_file"] == ".env"
+    assert "profiles" not in bot, "`docker compose up` starts the bot"
+    (volume,) = bot["volumes"]
+    name, _, target = volume.partition(":")
+    assert target == "/data" and name in compose()["volumes"]
+    # SIGTERM's grace for in-flight submits (10 s) fits before Docker's SIGKILL.
+    assert int(bot["stop_grace_period"].removesuffix("s")) > 10
+
+
+async def test_compose_demo_profile_runs_the_real_fake_gateway_cli() -> None:
+    services = compose()["services"]
+    fake = services["fake-pixazo"]
+    demo = services["kreabot-demo"]
+    assert fake["profiles"] == ["demo"] and demo["profiles"] == ["demo"]
+    command = fake["command"]
+    assert command[:3] == ["python", "-m", "bot.fake_pixazo"]
+    args = fake_pixazo_parser().parse_args(command[3:])  # the fake's real flags
+    # The demo bot talks to that fake with its key, on the origin the fake names its
+    # image URLs after (the bot downloads only from PIXAZO_BASE_URL's origin).
+    assert demo["environment"]["PIXAZO_API_KEY"] == args.api_key
+    assert demo["environment"]["PIXAZO_BASE_URL"] == f"http://{args.host}:{args.port}"
+    assert demo["network_mode"] == "service:fake-pixazo"
+    assert demo["depends_on"]["fake-pixazo"]["condition"] == "service_healthy"
+    assert demo["env_file"] == ".env"
+    assert (
+        demo["volumes"][0].endswith(":/data") and demo["volumes"] != services["kreabot"]["volumes"]
+    )
+    health = fake["healthcheck"]["test"]
+    assert health[:3] == ["CMD", "python", "-c"]
+    compile(health[3], "fake-pixazo healthcheck", "exec")
+
+    # The very command starts the fake (on a free port here) and prints the origin and key.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *command[1:],
+        "--port",
+        "0",
+        "--quiet",
+        cwd=REPO_ROOT,
+        env=clean_env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 30.0)).decode()
+        found = re.search(r"PIXAZO_BASE_URL=(\S+) PIXAZO_API_KEY=(\S+)", line)
+        assert found, line
+        assert found[1].startswith(f"http://{args.host}:") and found[2] == args.api_key
+        status_url = f"{found[1]}/v2/requests/status/no-such-request"
+        headers = {"Ocp-Apim-Subscription-Key": args.api_key}
+        async with aiohttp.ClientSession() as session:
+            async with session.get(status_url, headers=headers) as response:
+                assert response.status == 404  # the demo key is accepted
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 10.0)

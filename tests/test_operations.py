@@ -1,0 +1,366 @@
+"""Operations: deliberate command sync, graceful shutdown on SIGTERM, privacy on removal.
+
+The SIGTERM scenes run the production entry point (``python -m bot run``, through
+``tests.support.bot_process`` which only points discord.py at the fake Discord) in a real
+subprocess, send it SIGTERM as ``docker stop`` does, and start it again on the same SQLite
+file. The fakes live in the test process and outlive every bot process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+import bot.app
+from bot.fake_pixazo import FakePixazo
+from tests.fake_discord import FakeDiscord, FakeGuild, FakeMessage, InteractionHandle
+from tests.support.bot_process import BotProcess
+from tests.support.checks import assert_no_traceback, bot_messages, job_rows
+from tests.support.scenes import DAY, reply_text
+from tests.support.world import World
+
+T = TypeVar("T")
+
+PROMPT = "a lighthouse at dusk, oil on canvas"
+#: Generous for a cold start of a Python process; every wait ends as soon as it can.
+STARTUP_TIMEOUT = 15.0
+
+
+async def eventually(check: Callable[[], T | None], within: float, what: str) -> T:
+    """Poll ``check`` (real time) until it returns something truthy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = check()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def images_posted(discord_fake: FakeDiscord) -> list[FakeMessage]:
+    """Every live bot message that carries an image."""
+    return [m for m in bot_messages(discord_fake) if m.attachments and not m.deleted]
+
+
+# -- command sync -----------------------------------------------------------------------------
+
+
+async def test_commands_sync_once_then_only_when_the_command_set_changes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with world.bot():
+        pass
+    assert world.discord.command_syncs == 1
+    (first,) = world.discord.sync_log
+    assert first.guild_id is None and {"imagine", "jobs", "usage"} <= set(first.names)
+
+    async with world.bot():  # a restart with the same commands
+        pass
+    assert world.discord.command_syncs == 1
+
+    # A deploy that drops a cog changes the command set: synced again, once.
+    fewer = tuple(e for e in bot.app.EXTENSIONS if e != "cogs.jobs")
+    monkeypatch.setattr(bot.app, "EXTENSIONS", fewer)
+    async with world.bot():
+        pass
+    assert world.discord.command_syncs == 2
+    assert "jobs" not in world.discord.sync_log[-1].names
+    assert world.discord.command("jobs") is None
+    async with world.bot():
+        pass
+    assert world.discord.command_syncs == 2
+
+
+async def test_dev_guild_commands_sync_to_that_guild_once(world: World) -> None:
+    async with world.bot(DEV_GUILD_ID=world.guild.id):
+        pass
+    async with world.bot(DEV_GUILD_ID=world.guild.id):
+        pass
+
+    (record,) = world.discord.sync_log
+    assert record.guild_id == world.guild.id
+    assert world.discord.commands(None) == []
+    assert world.discord.command("imagine", world.guild) is not None
+
+
+async def test_the_sync_coroutine_always_syncs_and_records_the_hash(world: World) -> None:
+    from bot.__main__ import sync
+
+    settings = world.settings()
+    assert await sync(settings, world.guild.id) == 0
+    assert await sync(settings, world.guild.id) == 0  # deliberate: sent even if unchanged
+
+    assert [r.guild_id for r in world.discord.sync_log] == [world.guild.id] * 2
+    assert world.discord.identify_count == 0
+    # A bot started with DEV_GUILD_ID on that guild finds the hash and does not sync again.
+    async with world.bot(DEV_GUILD_ID=world.guild.id):
+        pass
+    assert world.discord.command_syncs == 2
+
+
+# -- graceful shutdown, in process ------------------------------------------------------------
+
+
+async def test_while_closing_new_commands_are_refused_and_a_submit_in_flight_persists(
+    world: World,
+) -> None:
+    world.pixazo.hang_after_accept_next(seconds=1.0)  # the 202 comes a second late
+    async with world.bot() as kreabot:
+        await world.imagine(prompt=PROMPT, seed=21)
+        await eventually(
+            lambda: [r for r in job_rows(world.db_path) if r["state"] == "submitting"],
+            5.0,
+            "the submit to be in flight",
+        )
+        closing = asyncio.create_task(kreabot.close())
+        await asyncio.sleep(0.1)
+        late = await world.discord.slash("imagine", {"prompt": "one more, please"})
+        await late.wait_for_response()
+        await asyncio.wait_for(closing, 15.0)
+
+    assert late.ephemeral and "restarting" in reply_text(late)
+    (row,) = job_rows(world.db_path)  # the late command made no job
+    (accepted,) = world.pixazo.jobs.values()
+    assert row["state"] == "submitted" and row["request_id"] == accepted.request_id
+    assert len(world.pixazo.submits()) == 1
+
+
+# -- SIGTERM, in a real process ---------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """Both fakes, the database file, and the bot processes started so far."""
+
+    discord: FakeDiscord
+    pixazo: FakePixazo
+    guild: FakeGuild
+    tmp_path: Path
+    processes: list[BotProcess]
+
+    @property
+    def db_path(self) -> Path:
+        """The database every bot process uses."""
+        return self.tmp_path / "kreabot.sqlite3"
+
+    async def start_bot(self) -> BotProcess:
+        """``python -m bot run`` in a process; returns once it is connected."""
+        connected = sum(1 for c in self.discord.connections if c.ready)
+        number = len(self.processes) + 1
+        process = await BotProcess.start(
+            self.discord,
+            self.pixazo,
+            self.db_path,
+            self.tmp_path / f"bot-{number}.log",
+            args=["run"],
+            cwd=self.tmp_path,
+        )
+        self.processes.append(process)
+        try:
+            await self.discord.wait_for(
+                lambda: (
+                    sum(1 for c in self.discord.connections if c.ready) > connected
+                    or not process.running()
+                ),
+                STARTUP_TIMEOUT,
+                what=f"bot process {number} to connect",
+            )
+        except TimeoutError:
+            raise AssertionError(f"bot {number} did not connect:\n{process.log()}") from None
+        assert process.running(), f"bot {number} exited:\n{process.log()}"
+        return process
+
+    async def stop(self, process: BotProcess) -> int:
+        """SIGTERM, then wait for the process to exit on its own; returns the exit code."""
+        process.terminate()
+        return await process.wait(20.0)
+
+    async def imagine(self, **options: Any) -> InteractionHandle:
+        """A member runs /imagine; returns once the bot acknowledged it."""
+        handle = await self.discord.slash("imagine", options)
+        await handle.wait_for_response(timeout=5.0)
+        return handle
+
+    async def row_in(self, *states: str, within: float = 5.0) -> dict[str, Any]:
+        """The single job row, once it is in one of ``states``."""
+
+        def check() -> dict[str, Any] | None:
+            rows = job_rows(self.db_path) if self.db_path.exists() else []
+            return rows[0] if rows and rows[0]["state"] in states else None
+
+        return await eventually(check, within, f"the job to be {' or '.join(states)}")
+
+    def logs(self) -> str:
+        """The output of every bot process, for failure messages."""
+        return "\n".join(f"--- bot {i + 1}\n{p.log()}" for i, p in enumerate(self.processes))
+
+
+@pytest.fixture
+async def stage(tmp_path: Path) -> AsyncIterator[Stage]:
+    """Both fakes on loopback; every bot process still running at the end is killed."""
+    async with (
+        FakePixazo(queued_seconds=0.02, processing_seconds=0.1, long_edge=256) as pixazo,
+        FakeDiscord() as discord_fake,
+    ):
+        guild = discord_fake.add_guild()
+        created = Stage(discord_fake, pixazo, guild, tmp_path, [])
+        try:
+            yield created
+        finally:
+            for process in created.processes:
+                with contextlib.suppress(ProcessLookupError, TimeoutError):
+                    await process.kill()
+            print(created.logs())  # shown by pytest when the test failed
+
+
+def assert_clean_exit(stage: Stage, process: BotProcess, code: int) -> None:
+    """Exit code 0, the shutdown logged, no traceback, the database closed properly."""
+    log = process.log()
+    assert code == 0, log
+    assert "shutting down: in-flight jobs are kept" in log
+    assert log.rstrip().endswith("stopped: the gateway and the database are closed"), log
+    assert "Traceback" not in log and "ERROR" not in log, log
+    # The last connection to close checkpoints the WAL and removes it: a clean close.
+    assert not stage.db_path.with_name(stage.db_path.name + "-wal").exists()
+    # The gateway connection was closed by the bot, not dropped.
+    assert all(c.ws.closed for c in stage.discord.connections)
+
+
+async def test_sigterm_mid_job_then_restart_delivers_exactly_once(stage: Stage) -> None:
+    stage.pixazo.manual = True  # the job stays PROCESSING until the test finishes it
+    first = await stage.start_bot()
+    handle = await stage.imagine(prompt=PROMPT, seed=31)
+    (accepted,) = await stage.pixazo.wait_for_jobs(1, timeout=5.0)
+    await stage.pixazo.wait_for_job(accepted.request_id, "PROCESSING")
+    await stage.row_in("submitted", "processing")
+    await handle.wait_for_original(lambda m: bool(m.content) and not m.loading)
+
+    code = await stage.stop(first)
+
+    assert_clean_exit(stage, first, code)
+    row = await stage.row_in("submitted", "processing")  # kept, not failed
+    assert row["request_id"] == accepted.request_id and row["error_kind"] is None
+    assert images_posted(stage.discord) == []
+
+    stage.pixazo.finish(accepted.request_id)  # the image is ready while no bot runs
+    await stage.start_bot()
+
+    result = await handle.wait_for_original(lambda m: bool(m.attachments), timeout=10.0)
+    row = await stage.row_in("completed", within=10.0)
+    await asyncio.sleep(0.3)  # room for a duplicate, were there one
+    assert images_posted(stage.discord) == [result]
+    assert row["result_message_id"] == result.id
+    assert len(stage.pixazo.submits()) == 1 and len(stage.pixazo.jobs) == 1
+    assert_no_traceback(bot_messages(stage.discord))
+
+
+async def test_sigterm_during_a_submit_waits_for_its_request_id(stage: Stage) -> None:
+    stage.pixazo.hang_after_accept_next(seconds=1.0)  # taken at once, the 202 a second late
+    first = await stage.start_bot()
+    handle = await stage.imagine(prompt=PROMPT, seed=32)
+    (accepted,) = await stage.pixazo.wait_for_jobs(1, timeout=5.0)
+    await stage.row_in("submitting")
+
+    code = await stage.stop(first)
+
+    assert_clean_exit(stage, first, code)
+    # The grace period let the submit learn its request id: resumable, not interrupted.
+    row = await stage.row_in("submitted", "processing")
+    assert row["request_id"] == accepted.request_id
+
+    await stage.start_bot()
+    result = await handle.wait_for_original(lambda m: bool(m.attachments), timeout=10.0)
+    await stage.row_in("completed", within=10.0)
+    await asyncio.sleep(0.3)
+    assert images_posted(stage.discord) == [result]
+    assert len(stage.pixazo.submits()) == 1 and len(stage.pixazo.jobs) == 1
+    assert not any("not re-sent" in m.content for m in bot_messages(stage.discord))
+
+
+async def test_sigterm_when_idle_exits_at_once(stage: Stage) -> None:
+    process = await stage.start_bot()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+
+    code = await stage.stop(process)
+
+    assert_clean_exit(stage, process, code)
+    assert loop.time() - started < 5.0
+
+
+# -- privacy ----------------------------------------------------------------------------------
+
+
+def meta(db_path: Path) -> dict[str, str]:
+    """The bot-wide facts table."""
+    with contextlib.closing(sqlite3.connect(db_path)) as connection:
+        return dict(connection.execute("SELECT key, value FROM meta").fetchall())
+
+
+def settings_rows(db_path: Path, guild_id: int) -> int:
+    """How many settings, presets and preferences a server has."""
+    with contextlib.closing(sqlite3.connect(db_path)) as connection:
+        return sum(
+            connection.execute(
+                f"SELECT COUNT(*) FROM {table} WHERE guild_id = ?", (guild_id,)
+            ).fetchone()[0]
+            for table in ("scope_settings", "presets", "member_prefs")
+        )
+
+
+async def test_removal_deletes_settings_at_once_and_history_after_retention(
+    world: World,
+) -> None:
+    other = world.discord.add_guild("Other Guild")
+    gone = world.guild
+    async with world.bot(RETENTION_DAYS=30) as kreabot:
+        for guild in (gone, other):
+            await kreabot.guild_settings.set(guild.id, 0, "aspect", "16:9", by=guild.admin.id)
+            await kreabot.guild_settings.set_pref(guild.id, guild.member.id, "creativity", "high")
+            handle = await world.discord.slash("imagine", {"prompt": PROMPT}, guild=guild)
+            await handle.wait_for_response()
+            await world.result_of(handle)
+        await kreabot.runner.join()
+
+        await world.discord.remove_guild(gone)
+        await eventually(lambda: f"removed:{gone.id}" in meta(world.db_path), 5.0, "removal")
+
+        assert settings_rows(world.db_path, gone.id) == 0  # at once
+        assert (await kreabot.guild_settings.guild(gone.id)).server == {}  # cache too
+        assert settings_rows(world.db_path, other.id) == 2
+        assert await kreabot.prune_removed_guilds() == 0  # history kept for now
+
+        world.advance(29 * DAY)
+        assert await kreabot.prune_removed_guilds() == 0
+        assert {r["guild_id"] for r in job_rows(world.db_path)} == {gone.id, other.id}
+
+        world.advance(1 * DAY + 60)
+        assert await kreabot.prune_removed_guilds() == 1
+        assert [r["guild_id"] for r in job_rows(world.db_path)] == [other.id]
+        assert f"removed:{gone.id}" not in meta(world.db_path)
+        assert await kreabot.prune_removed_guilds() == 0
+
+
+async def test_a_server_that_added_the_bot_back_keeps_its_history(world: World) -> None:
+    async with world.bot(RETENTION_DAYS=1) as kreabot:
+        handle = await world.imagine(prompt=PROMPT)
+        await world.result_of(handle)
+        await kreabot.runner.join()
+        # Removed, then added back: the mark is there but the bot is in the server again.
+        guild = kreabot.get_guild(world.guild.id)
+        assert guild is not None
+        await kreabot.on_guild_remove(guild)
+        world.advance(2 * DAY)
+
+        assert await kreabot.prune_removed_guilds() == 0
+        assert len(job_rows(world.db_path)) == 1
+        assert not [k for k in meta(world.db_path) if k.startswith("removed:")]

@@ -98,6 +98,8 @@ class Admission:
         self._waiting: dict[int, _Waiter] = {}
         self._in_flight: dict[int, tuple[int | None, int]] = {}
         self._per_member: Counter[tuple[int | None, int]] = Counter()
+        #: The job let through to test an open breaker, until it leaves the gateway.
+        self.probe_job: int | None = None
 
     # -- accounting --------------------------------------------------------------
 
@@ -112,6 +114,12 @@ class Admission:
         member = self._in_flight.pop(job_id, None)
         if member is not None:
             self._per_member[member] -= 1
+        if job_id == self.probe_job:
+            self.probe_job = None
+            if self.breaker.reason is not None and self.breaker.probing:
+                # The probe ended without a verdict (the job failed on its own, or was
+                # cancelled): keep the breaker open and let another job probe later.
+                self.breaker.open(self.breaker.reason)
         self.pump()
 
     def in_flight(self, member: tuple[int | None, int] | None = None) -> int:
@@ -161,6 +169,7 @@ class Admission:
             probe = self._first_eligible()
             if probe is not None:
                 self.breaker.probing = True
+                self.probe_job = probe.job_id
                 self._admit(probe)
             return
         while len(self._in_flight) < self.max_in_flight:

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 NO_MENTIONS = discord.AllowedMentions.none()
 RUNNING = (JobState.SUBMITTING, JobState.SUBMITTED, JobState.PROCESSING, JobState.DELIVERING)
-PERIODS = {"today": 0, "7 days": 7, "30 days": 30}
+#: Calendar days (UTC) each /usage period counts, today included.
+PERIODS = {"today": 1, "7 days": 7, "30 days": 30}
 STATE_LABELS = {
     JobState.PENDING: "queued",
     JobState.SUBMITTING: "sending",
@@ -160,7 +161,7 @@ class JobsCog(commands.Cog):
             return
         assert interaction.guild_id is not None
         now = self.bot.clock()
-        since = now // 86_400 * 86_400 - PERIODS[period] * 86_400
+        since = now // 86_400 * 86_400 - (PERIODS[period] - 1) * 86_400
         rows = await self.bot.jobs.usage(interaction.guild_id, since)
         price = self.bot.settings.PRICE_PER_IMAGE
         per_member: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])

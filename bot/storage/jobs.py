@@ -298,6 +298,17 @@ class JobRepository:
             UsageRow(int(r[0]), str(r[1]), int(r[2]), int(r[3] or 0), int(r[4] or 0)) for r in rows
         ]
 
+    async def recent_generation_seconds(self, limit: int) -> list[float]:
+        """Seconds from submit to the gateway's result being noticed, of the latest
+        completed jobs (newest first)."""
+        async with self._db.execute(
+            "SELECT finished_at - submitted_at FROM jobs WHERE state = 'completed' "
+            "AND submitted_at IS NOT NULL AND finished_at IS NOT NULL ORDER BY id DESC LIMIT ?",
+            (limit,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [float(row[0]) for row in rows]
+
     async def count_by_state(self) -> dict[str, int]:
         """How many jobs are in each state."""
         async with self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state") as cursor:

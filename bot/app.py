@@ -25,6 +25,7 @@ from bot.metrics import Metrics
 from bot.moderation import blocked_entry
 from bot.pixazo import InvalidRequest, PixazoClient, PollSchedule, TextToImageRequest
 from bot.pixazo.models import SEED_MAX
+from bot.polling import RATE_HEADROOM, PollPlanner
 from bot.resolution import Inputs, Resolved, resolve
 from bot.runner import JobRunner
 from bot.storage.jobs import Job, JobRepository, NewJob
@@ -133,20 +134,28 @@ class KreaBot(commands.Bot):
             download=self._download_media,
             settings_repo=self.guild_settings,
         )
+        fixed_polls = poll_schedule or PollSchedule(
+            first=settings.POLL_FIRST_SECONDS,
+            interval=settings.POLL_INTERVAL_SECONDS,
+            cap=settings.POLL_MAX_INTERVAL_SECONDS,
+        )
+        # Learns generation times to poll around them (not with an injected schedule, nor
+        # with webhooks, which poll only as a safety net).
+        self.poll_planner = (
+            PollPlanner(fixed_polls, clock=clock)
+            if settings.POLL_ADAPTIVE and poll_schedule is None and not settings.WEBHOOK_PUBLIC_URL
+            else None
+        )
         self.runner = JobRunner(
             self.jobs,
             self.pixazo,
             self.delivery,
             max_concurrent=settings.MAX_CONCURRENT_JOBS,
-            polls_per_second=settings.STATUS_POLLS_PER_SECOND,
+            polls_per_second=settings.STATUS_POLLS_PER_SECOND * RATE_HEADROOM,
             job_timeout=settings.JOB_TIMEOUT_SECONDS,
             max_download_bytes=settings.MAX_DOWNLOAD_BYTES,
-            poll_schedule=poll_schedule
-            or PollSchedule(
-                first=settings.POLL_FIRST_SECONDS,
-                interval=settings.POLL_INTERVAL_SECONDS,
-                cap=settings.POLL_MAX_INTERVAL_SECONDS,
-            ),
+            poll_schedule=fixed_polls,
+            poll_planner=self.poll_planner,
             retry_wait=retry_wait,
             member_limit=self.member_in_flight_limit,
             breaker=Breaker(probe_after=settings.BREAKER_PROBE_SECONDS),
@@ -200,6 +209,8 @@ class KreaBot(commands.Bot):
                 secret.get_secret_value() if secret else None,
             )
             await self.web.start()
+        if self.poll_planner is not None:
+            self.poll_planner.seed(await self.jobs.recent_generation_seconds(256))
         resumed = await self.runner.resume()
         if resumed:
             log.info("resumed %d unfinished job(s)", len(resumed))
@@ -365,6 +376,7 @@ class KreaBot(commands.Bot):
 
     async def _maintain(self) -> None:
         """Hourly: delete the history of servers that removed the bot long enough ago."""
+        await self.wait_until_ready()  # until then no server looks present: see the pruning
         while True:
             try:
                 pruned = await self.prune_removed_guilds()
@@ -381,12 +393,18 @@ class KreaBot(commands.Bot):
         log.info("guild %s removed the bot: settings deleted", guild.id)
 
     async def prune_removed_guilds(self) -> int:
-        """Delete the job history of servers that removed the bot longer ago than retention."""
+        """Delete the job history of servers that removed the bot longer ago than retention.
+
+        A server that added the bot back since keeps its history (and loses the mark).
+        """
         cutoff = self.clock() - self.settings.RETENTION_DAYS * 86_400
         pruned = 0
         for key, value in await self.guild_settings.meta_with_prefix("removed:"):
+            guild_id = int(key.split(":", 1)[1])
+            if self.get_guild(guild_id) is not None:
+                await self.guild_settings.delete_meta(key)
+                continue
             if float(value) <= cutoff:
-                guild_id = int(key.split(":", 1)[1])
                 pruned += await self.jobs.prune_guild(guild_id, before=float("inf"))
                 await self.guild_settings.delete_meta(key)
         return pruned

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     POLL_FIRST_SECONDS: Annotated[float, Field(ge=0.01, le=600)] = 2.0
     POLL_INTERVAL_SECONDS: Annotated[float, Field(ge=0.01, le=600)] = 1.0
     POLL_MAX_INTERVAL_SECONDS: Annotated[float, Field(ge=0.01, le=600)] = 5.0
+    #: Learn the gateway's recent generation times and poll around them (see bot/polling.py),
+    #: using the POLL_* schedule above only until enough jobs finished; False: always POLL_*.
+    POLL_ADAPTIVE: bool = True
     #: Give up on a job the gateway has not finished after this many seconds.
     JOB_TIMEOUT_SECONDS: Annotated[float, Field(gt=0, le=86_400)] = 600.0
     #: Jobs of one member at the gateway at once; more wait in line (per-server override).

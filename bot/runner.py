@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -35,6 +35,7 @@ from bot.pixazo import (
     StatusResponse,
     Unauthorized,
 )
+from bot.polling import PollPlanner
 from bot.ratelimit import TokenBucket
 from bot.storage.jobs import ACTIVE_STATES, Job, JobRepository, JobState
 
@@ -47,6 +48,11 @@ SAFETY_WORDS = ("safety", "nsfw", "content", "flagged", "moderation", "policy", 
 NOT_TAKEN_STATUSES = (502, 503, 504)
 #: How often a waiting job refreshes its place in line.
 QUEUE_REFRESH_SECONDS = 2.0
+#: States in which a webhook can make a job poll (its wake event is consumed by the poll).
+WAKEABLE_STATES = (JobState.SUBMITTING, JobState.SUBMITTED, JobState.PROCESSING)
+#: A waiting job's changed note is sent again on every refresh for this long: the observer
+#: rate-limits its edits and may skip a note, and it shows only what it is sent.
+QUEUE_RESEND_SECONDS = 5.0
 
 PAUSED_NOTES = {
     BALANCE: (
@@ -119,6 +125,7 @@ class JobRunner:
         job_timeout: float = 600.0,
         max_download_bytes: int = 50 * 1024 * 1024,
         poll_schedule: PollSchedule | None = None,
+        poll_planner: PollPlanner | None = None,
         retry_wait: float = 5.0,
         member_limit: Callable[[Job], Awaitable[int]] | None = None,
         breaker: Breaker | None = None,
@@ -137,6 +144,7 @@ class JobRunner:
         self._job_timeout = job_timeout
         self._max_download = max_download_bytes
         self._schedule = poll_schedule or PollSchedule()
+        self._planner = poll_planner
         self._retry_wait = retry_wait
         self._member_limit = member_limit
         self._queue_give_up = queue_give_up
@@ -172,8 +180,10 @@ class JobRunner:
         return len(self._tasks)
 
     def wake(self, job_id: int) -> bool:
-        """Poll a running job now (a webhook arrived). False when the job is not running."""
-        if job_id not in self._tasks:
+        """Poll a running job now (a webhook arrived). False when the job is not running or
+        is past polling (a duplicate webhook while the result is being posted)."""
+        job = self._jobs.get(job_id)
+        if job_id not in self._tasks or job is None or job.state not in WAKEABLE_STATES:
             return False
         self._wakes.setdefault(job_id, asyncio.Event()).set()
         return True
@@ -290,18 +300,21 @@ class JobRunner:
         limit = await self._member_limit(job) if self._member_limit else 1_000_000
         waiter = self.admission.enqueue(job.id, (job.guild_id, job.user_id), limit)
         shown: tuple[str, str | None] | None = None
+        changed_at = 0.0
         while not waiter.admitted.done():
             if self.breaker.is_open:
                 self._schedule_probe()
                 if self._clock() - job.created_at > self._queue_give_up:
                     self.admission.withdraw(job.id)
-                    await self._fail(job, Failure("gateway_down", "gave up waiting", True))
+                    kind = "balance" if self.breaker.reason == BALANCE else "gateway_down"
+                    await self._fail(job, Failure(kind, "gave up waiting", True))
                     return False
                 stage, note = "paused", PAUSED_NOTES.get(self.breaker.reason or "", None)
             else:
                 stage, note = "queued", self._queue_note(job.id)
             if shown != (stage, note):
-                shown = (stage, note)
+                shown, changed_at = (stage, note), time.monotonic()
+            if time.monotonic() - changed_at < QUEUE_RESEND_SECONDS:
                 await self._progress(job, Progress(stage, note=note))
             try:
                 await asyncio.wait_for(asyncio.shield(waiter.admitted), QUEUE_REFRESH_SECONDS)
@@ -349,15 +362,16 @@ class JobRunner:
             if exc.sent:
                 await self._fail(job, Failure("uncertain", exc.message, retryable=True))
                 return False
-            await self._requeue(job, OUTAGE if self.breaker.record_transient() else None)
+            await self._transient(job)
+            await self._requeue(job, None, note="the image service is unreachable, retrying")
         except ServerError as exc:
-            opened = self.breaker.record_transient()
+            await self._transient(job)
             if exc.status in NOT_TAKEN_STATUSES:
-                await self._requeue(job, OUTAGE if opened else None)
+                await self._requeue(job, None, note="the image service is busy, retrying")
             await self._fail(job, Failure("gateway_down", exc.message, retryable=True))
             return False
         except PixazoTimeout as exc:
-            self.breaker.record_transient()
+            await self._transient(job)
             await self._fail(job, Failure("uncertain", exc.message, retryable=True))
             return False
         except Unauthorized as exc:
@@ -385,18 +399,29 @@ class JobRunner:
         return True
 
     async def _requeue(self, job: Job, breaker_reason: str | None, note: str | None = None) -> None:
+        previous = self.breaker.reason
+        if breaker_reason is None:
+            breaker_reason = previous  # a failed probe: wait for the next one
+        # Open the breaker before anything else, so no other job starts a submit meanwhile.
+        opened = breaker_reason is not None and self.breaker.open(breaker_reason)
         await self.repo.update(job, state=JobState.PENDING)
-        if breaker_reason is None and self.breaker.is_open:
-            breaker_reason = self.breaker.reason  # a failed probe: wait for the next one
-        if breaker_reason is not None:
-            if self.breaker.open(breaker_reason):
-                log.warning("submissions paused: %s", breaker_reason)
-                await self._safely(self.observer.gateway_paused(breaker_reason), job)
-            self.breaker.probing = False
+        if breaker_reason is not None and (opened or breaker_reason != previous):
+            # Newly paused, or paused for another reason (the outage ended on an empty wallet).
+            await self._paused(job, breaker_reason)
         if note:
             await self._progress(job, Progress("waiting", note=note))
             await asyncio.sleep(self._retry_wait)
         raise _Requeue
+
+    async def _transient(self, job: Job) -> None:
+        """A 5xx, timeout or connection error; a streak of them opens the breaker."""
+        if self.breaker.record_transient():
+            await self._paused(job, OUTAGE)
+
+    async def _paused(self, job: Job, reason: str) -> None:
+        """The breaker just opened: say so once."""
+        log.warning("submissions paused: %s", reason)
+        await self._safely(self.observer.gateway_paused(reason), job)
 
     async def _poll(self, job: Job) -> StatusResponse | None:
         assert job.request_id is not None
@@ -404,7 +429,8 @@ class JobRunner:
         started = job.submitted_at or self._clock()
 
         async def on_status(status: StatusResponse) -> None:
-            self.breaker.record_success()
+            if self.breaker.record_success():
+                self.admission.pump()  # the gateway answers again: let waiting jobs go
             elapsed = self._clock() - started
             if status.status == "PROCESSING" and job.state is JobState.SUBMITTED:
                 await self.repo.update(job, state=JobState.PROCESSING)
@@ -415,23 +441,24 @@ class JobRunner:
             while True:
                 remaining = started + self._job_timeout - self._clock()
                 try:
-                    return await self.client.wait(
+                    status = await self.client.wait(
                         job.request_id,
                         polling_url=job.polling_url,
                         max_wait=max(remaining, 0.0),
-                        schedule=self._webhook_schedule
-                        if self._webhook_url_for is not None
-                        else self._schedule,
+                        schedule=self._poll_delays(started),
                         on_status=on_status,
                         wake=wake,
                         before_poll=self.polls.acquire,
                     )
+                    if self._planner is not None:
+                        self._planner.observe(status)
+                    return status
                 except (RateLimited, ServerError, ConnectionFailed) as exc:
                     if isinstance(exc, RateLimited):
                         self.polls.pause(exc.retry_after or self._retry_wait)
                         note = "rate limited, retrying"
                     else:
-                        self.breaker.record_transient()
+                        await self._transient(job)
                         note = "the image service is slow to answer, retrying"
                     await self._progress(job, Progress("waiting", self._clock() - started, note))
                     await asyncio.sleep(self._retry_wait)
@@ -444,6 +471,14 @@ class JobRunner:
         finally:
             self._wakes.pop(job.id, None)
         return None
+
+    def _poll_delays(self, started: float) -> PollSchedule | Iterable[float]:
+        """Webhook mode's safety polls, else the planner's learned schedule, else the fixed one."""
+        if self._webhook_url_for is not None:
+            return self._webhook_schedule
+        if self._planner is not None:
+            return self._planner.delays(started)
+        return self._schedule
 
     async def _deliver(self, job: Job) -> None:
         assert job.media_url is not None

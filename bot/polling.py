@@ -41,8 +41,8 @@ GOAL_MARGIN = 0.7
 #: time into a 429 (and a pause for every job).
 RATE_HEADROOM = 0.9
 
-FIRST_QUANTILES = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3)
-GAPS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 5.0)
+FIRST_QUANTILES = (0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3)
+GAPS = (*(0.5 + 0.125 * step for step in range(21)), 4.0, 5.0)  # 0.5 to 3 s, 4 s, 5 s
 UNTIL_QUANTILES = (0.8, 0.9, 0.95, 0.98, 1.0)
 
 

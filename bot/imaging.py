@@ -12,8 +12,7 @@ def fit_under(data: bytes, limit: int, stem: str) -> tuple[bytes, str]:
     otherwise re-encoded as JPEG, lowering quality and then the pixel size until it fits."""
     if len(data) <= limit:
         return data, f"{stem}.png"
-    with Image.open(io.BytesIO(data)) as opened:
-        image = opened.convert("RGB")
+    image = _rgb(data)
     scale = 1.0
     while True:
         frame = image
@@ -30,10 +29,20 @@ def fit_under(data: bytes, limit: int, stem: str) -> tuple[bytes, str]:
         scale *= 0.75
 
 
+def _rgb(data: bytes) -> Image.Image:
+    """Decode ``data`` as RGB pixels, without an extra copy when it already is RGB."""
+    opened = Image.open(io.BytesIO(data))
+    opened.load()
+    if opened.mode == "RGB":
+        return opened
+    converted = opened.convert("RGB")
+    opened.close()
+    return converted
+
+
 def thumbnail(data: bytes, edge: int) -> bytes:
     """A JPEG copy of an image whose long edge is at most ``edge`` pixels."""
-    with Image.open(io.BytesIO(data)) as opened:
-        image = opened.convert("RGB")
+    image = _rgb(data)
     image.thumbnail((edge, edge), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=85)

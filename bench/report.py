@@ -43,9 +43,10 @@ MISSED_FIXES = {
     ),
     "recovery_jobs": "a lost or doubled job is a bug in the runner's restart path",
     "relay": (
-        "stream the download into one buffer (no chunk list plus join), and in "
-        "bot.imaging.fit_under skip convert('RGB') on an RGB image and drop the PNG bytes "
-        "once decoded"
+        "images under the upload limit relay at about 2x (the download and its upload); "
+        "the rest is the decoded pixels and JPEG attempts of images over the limit. "
+        "Decoding at reduced size (Image.draft / reduce) or encoding the JPEG in strips "
+        "would bring those under 3x"
     ),
 }
 

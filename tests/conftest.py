@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest_asyncio
 
+from tests.support.stage import stage
 from tests.support.world import World, make_world
+
+__all__ = ["stage", "world"]  # ``stage``: bot processes against both fakes
 
 
 @pytest_asyncio.fixture

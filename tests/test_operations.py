@@ -11,44 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
 import bot.app
-from bot.fake_pixazo import FakePixazo
-from tests.fake_discord import FakeDiscord, FakeGuild, FakeMessage, InteractionHandle
 from tests.support.bot_process import BotProcess
 from tests.support.checks import assert_no_traceback, bot_messages, job_rows
 from tests.support.scenes import DAY, reply_text
+from tests.support.stage import Stage, eventually, images_posted
 from tests.support.world import World
 
-T = TypeVar("T")
-
 PROMPT = "a lighthouse at dusk, oil on canvas"
-#: Generous for a cold start of a Python process; every wait ends as soon as it can.
-STARTUP_TIMEOUT = 15.0
-
-
-async def eventually(check: Callable[[], T | None], within: float, what: str) -> T:
-    """Poll ``check`` (real time) until it returns something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def images_posted(discord_fake: FakeDiscord) -> list[FakeMessage]:
-    """Every live bot message that carries an image."""
-    return [m for m in bot_messages(discord_fake) if m.attachments and not m.deleted]
 
 
 # -- command sync -----------------------------------------------------------------------------
@@ -135,91 +109,6 @@ async def test_while_closing_new_commands_are_refused_and_a_submit_in_flight_per
 
 
 # -- SIGTERM, in a real process ---------------------------------------------------------------
-
-
-@dataclass
-class Stage:
-    """Both fakes, the database file, and the bot processes started so far."""
-
-    discord: FakeDiscord
-    pixazo: FakePixazo
-    guild: FakeGuild
-    tmp_path: Path
-    processes: list[BotProcess]
-
-    @property
-    def db_path(self) -> Path:
-        """The database every bot process uses."""
-        return self.tmp_path / "kreabot.sqlite3"
-
-    async def start_bot(self) -> BotProcess:
-        """``python -m bot run`` in a process; returns once it is connected."""
-        connected = sum(1 for c in self.discord.connections if c.ready)
-        number = len(self.processes) + 1
-        process = await BotProcess.start(
-            self.discord,
-            self.pixazo,
-            self.db_path,
-            self.tmp_path / f"bot-{number}.log",
-            args=["run"],
-            cwd=self.tmp_path,
-        )
-        self.processes.append(process)
-        try:
-            await self.discord.wait_for(
-                lambda: (
-                    sum(1 for c in self.discord.connections if c.ready) > connected
-                    or not process.running()
-                ),
-                STARTUP_TIMEOUT,
-                what=f"bot process {number} to connect",
-            )
-        except TimeoutError:
-            raise AssertionError(f"bot {number} did not connect:\n{process.log()}") from None
-        assert process.running(), f"bot {number} exited:\n{process.log()}"
-        return process
-
-    async def stop(self, process: BotProcess) -> int:
-        """SIGTERM, then wait for the process to exit on its own; returns the exit code."""
-        process.terminate()
-        return await process.wait(20.0)
-
-    async def imagine(self, **options: Any) -> InteractionHandle:
-        """A member runs /imagine; returns once the bot acknowledged it."""
-        handle = await self.discord.slash("imagine", options)
-        await handle.wait_for_response(timeout=5.0)
-        return handle
-
-    async def row_in(self, *states: str, within: float = 5.0) -> dict[str, Any]:
-        """The single job row, once it is in one of ``states``."""
-
-        def check() -> dict[str, Any] | None:
-            rows = job_rows(self.db_path) if self.db_path.exists() else []
-            return rows[0] if rows and rows[0]["state"] in states else None
-
-        return await eventually(check, within, f"the job to be {' or '.join(states)}")
-
-    def logs(self) -> str:
-        """The output of every bot process, for failure messages."""
-        return "\n".join(f"--- bot {i + 1}\n{p.log()}" for i, p in enumerate(self.processes))
-
-
-@pytest.fixture
-async def stage(tmp_path: Path) -> AsyncIterator[Stage]:
-    """Both fakes on loopback; every bot process still running at the end is killed."""
-    async with (
-        FakePixazo(queued_seconds=0.02, processing_seconds=0.1, long_edge=256) as pixazo,
-        FakeDiscord() as discord_fake,
-    ):
-        guild = discord_fake.add_guild()
-        created = Stage(discord_fake, pixazo, guild, tmp_path, [])
-        try:
-            yield created
-        finally:
-            for process in created.processes:
-                with contextlib.suppress(ProcessLookupError, TimeoutError):
-                    await process.kill()
-            print(created.logs())  # shown by pytest when the test failed
 
 
 def assert_clean_exit(stage: Stage, process: BotProcess, code: int) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +19,7 @@ import pytest
 
 from bot.app import KreaBot
 from bot.web import WebServer, webhook_token, webhook_url
-from tests.support.checks import bot_messages, job_rows
+from tests.support.checks import bot_messages, eventually, job_rows
 from tests.support.world import World
 
 SECRET = "webhook-secret-" + "x" * 20
@@ -55,17 +54,6 @@ async def http(method: str, url: str, **kwargs: Any) -> tuple[int, str, str]:
 def images_posted(world: World) -> list[Any]:
     """Bot messages that carry an image."""
     return [m for m in bot_messages(world.discord) if m.attachments and not m.deleted]
-
-
-async def eventually(check: Callable[[], Any], within: float, what: str) -> Any:
-    """Poll ``check`` until it returns something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not (result := check()):
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
-    return result
 
 
 async def eventually_http(url: str, status: int, within: float = 5.0) -> tuple[int, str, str]:

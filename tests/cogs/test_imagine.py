@@ -6,10 +6,9 @@ the gateway was sent, and at the job rows in the SQLite file.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
@@ -22,6 +21,7 @@ from tests.support.checks import (
     assert_no_traceback,
     assert_pings_nobody,
     bot_messages,
+    eventually,
     job_rows,
     only_request_id,
     texts_of,
@@ -29,27 +29,12 @@ from tests.support.checks import (
 from tests.support.images import noisy_png, png_bytes
 from tests.support.world import World
 
-T = TypeVar("T")
-
 BOARD = "123e4567-e89b-12d3-a456-426614174000"
 PROMPT = "a lighthouse at dusk, oil on canvas"
 SEED_MAX = 2**32 - 1
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-async def eventually(check: Callable[[], T | None], within: float = 5.0, what: str = "") -> T:
-    """Poll ``check`` (real time) until it returns something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what or check}")
-        await asyncio.sleep(0.02)
 
 
 def only_job(world: World) -> dict[str, Any]:

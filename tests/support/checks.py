@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.fake_pixazo import FakePixazo
 from tests.fake_discord import FakeDiscord, FakeMessage
+
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], T | None], within: float = 5.0, what: str = "") -> T:
+    """Poll ``check`` (real time) until it returns something truthy; return that."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = check()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out after {within}s waiting for {what or check}")
+        await asyncio.sleep(0.02)
+
 
 #: Text that must never reach a member: signs of a traceback or a raw exception repr.
 TRACEBACK_MARKERS = (

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from bot.fake_pixazo import RecordedRequest
 from tests.fake_discord import FakeChannel, FakeMember, FakeMessage, InteractionHandle
-from tests.support.checks import job_rows, texts_of
+from tests.support.checks import eventually, job_rows, texts_of
 from tests.support.scenes import private_reply
 from tests.support.world import World
-
-T = TypeVar("T")
-
-
-async def eventually(check: Callable[[], T | None], timeout: float = 5.0, what: str = "") -> T:
-    """Poll ``check`` (real time) until it returns something truthy; return that."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what or check}")
-        await asyncio.sleep(0.02)
 
 
 async def imagine(

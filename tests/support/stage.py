@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 from bot.fake_pixazo import FakePixazo
 from tests.fake_discord import FakeDiscord, FakeGuild, FakeMessage, InteractionHandle
 from tests.support.bot_process import BotProcess
-from tests.support.checks import bot_messages, job_rows
-
-T = TypeVar("T")
+from tests.support.checks import bot_messages, eventually, job_rows
 
 #: Generous for a cold start of a Python process; every wait ends as soon as it can.
 STARTUP_TIMEOUT = 15.0
-
-
-async def eventually(check: Callable[[], T | None], within: float, what: str) -> T:
-    """Poll ``check`` (real time) until it returns something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def images_posted(discord_fake: FakeDiscord) -> list[FakeMessage]:

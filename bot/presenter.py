@@ -39,12 +39,12 @@ def progress_content(job: Job, progress: Progress, *, batch: int | None = None) 
     lines = {
         "queued": f"⏳ **Queued**: {progress.note or 'waiting for a free slot'}",
         "submitted": "📨 **Sent to Krea 2**: waiting for a worker",
-        "queued_remote": "📨 **Sent to Krea 2**: waiting for a worker",
         "processing": f"🎨 **Generating…** {format_elapsed(progress.elapsed)}",
         "waiting": f"⏳ **Waiting**: {progress.note or 'the image service is busy'}",
         "paused": f"⏸️ **Paused**: {progress.note or 'the image service is unavailable'}",
     }
-    stage = "queued_remote" if progress.stage == "queued" and job.request_id else progress.stage
+    # The gateway's own QUEUED (after the submit) reads as "sent", not as our queue.
+    stage = "submitted" if progress.stage == "queued" and job.request_id else progress.stage
     head = lines.get(stage, f"⏳ **{progress.stage.title()}**")
     if batch > 1:
         head += f" · {batch} images"

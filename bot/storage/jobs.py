@@ -186,14 +186,6 @@ class JobRepository:
             row = await cursor.fetchone()
         return _row_to_job(row) if row else None
 
-    async def by_request_id(self, request_id: str) -> Job | None:
-        """The job the gateway knows by ``request_id``, or None."""
-        async with self._db.execute(
-            "SELECT * FROM jobs WHERE request_id = ?", (request_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return _row_to_job(row) if row else None
-
     async def by_result_message(self, message_id: int) -> Job | None:
         """The job whose image is in this message (or whose own message it is)."""
         async with self._db.execute(

@@ -123,9 +123,6 @@ async def test_job_round_trips(db: aiosqlite.Connection) -> None:
     assert reloaded.params == new.params
     assert reloaded == created
 
-    by_request = await repo.by_request_id("krea-2-large-text-to-image_abc")
-    assert by_request is not None and by_request.id == created.id
-    assert await repo.by_request_id("nope") is None
     assert await repo.get(created.id + 100) is None
 
 

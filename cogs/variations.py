@@ -193,14 +193,11 @@ class VariationsCog(commands.Cog):
         if job is None:
             return
         await interaction.response.defer(thinking=True)
-        filename = await self._result_filename(job) if job.result_message_id else None
-        url = filename and await self.bot.delivery.fresh_attachment_url(
-            job, job.result_message_id or 0, filename
-        )
-        if not url:
+        found = await self.find_image(job)
+        if found is None:
             await interaction.edit_original_response(content=UNAVAILABLE)
             return
-        async with self.bot.session.get(url) as response:
+        async with self.bot.session.get(found[1].proxy_url) as response:
             response.raise_for_status()
             data = await response.read()
         await self.bot.delivery.publish_open(job, interaction, data)
@@ -385,33 +382,37 @@ class VariationsCog(commands.Cog):
     async def result_reference(
         self, job: Job, settings: dict[str, Any]
     ) -> tuple[ImageStyleReference, dict[str, Any]]:
-        """The result image itself as a style reference, with a fresh URL."""
-        if job.result_message_id is None:
-            raise ReferencesGone("This job has no image to vary.")
-        filename = await self._result_filename(job)
-        url = filename and await self.bot.delivery.fresh_attachment_url(
-            job, job.result_message_id, filename, proxy=False
-        )
-        if not url:
-            raise ReferencesGone("The image of this result is no longer available.")
-        entry = {
-            "role": "result",
-            "message_id": job.result_message_id,
-            "filename": filename,
-            "strength": settings["strength"],
-        }
-        return ImageStyleReference(image_url=url, strength=settings["strength"]), entry
+        """The result image itself as a style reference, with a freshly signed URL.
 
-    async def _result_filename(self, job: Job) -> str | None:
-        assert job.result_message_id is not None
+        It is looked for in the result message, then in the job's own message (a batch's
+        grid keeps every image), so deleting an opened copy does not lose it.
+        """
+        found = await self.find_image(job)
+        if found is not None:
+            message_id, attachment = found
+            entry = {
+                "role": "result",
+                "message_id": message_id,
+                "filename": attachment.filename,
+                "strength": settings["strength"],
+            }
+            return ImageStyleReference(
+                image_url=attachment.url, strength=settings["strength"]
+            ), entry
+        raise ReferencesGone("The image of this result is no longer available.")
+
+    async def find_image(self, job: Job) -> tuple[int, discord.Attachment] | None:
+        """The job's image, freshly signed: in its result message, else in its own message
+        (a batch's grid keeps every image). None when both are gone."""
         channel = await self.bot.delivery.channel_for(job)
-        try:
-            message = await channel.fetch_message(job.result_message_id)
-        except discord.NotFound:
-            return None
-        for attachment in message.attachments:
-            if attachment.filename.startswith(f"krea-{job.id}-"):
-                return attachment.filename
+        for message_id in dict.fromkeys(m for m in (job.result_message_id, job.message_id) if m):
+            try:
+                message = await channel.fetch_message(message_id)
+            except discord.NotFound:
+                continue
+            for attachment in message.attachments:
+                if attachment.filename.startswith(f"krea-{job.id}-"):
+                    return message_id, attachment
         return None
 
 

@@ -597,3 +597,37 @@ async def test_references_outlive_the_message_they_were_first_kept_on(clocked: W
     assert expiry is not None and expiry > world.clock()
     assert str(second.channel_id) in url and "/ref-1.jpg?" in url
     assert [r.status for r in world.pixazo.submits()] == [202, 202, 202]
+
+
+async def test_vary_from_a_grid_after_the_opened_copy_was_deleted(world: World) -> None:
+    async with world.bot():
+        _, grid = await imagine_result(world, prompt="four cats", seed=100, count=4)
+        opened = await world.result_of(await press(world, grid, "krea:open:1"))
+        await press(world, opened, "krea:delete:1")
+        await world.discord.wait_for(lambda: opened.deleted, what="the opened copy deleted")
+        varied = await press(world, grid, "krea:vary:subtle:1")
+        await world.result_of(varied)
+        bodies = await wait_for_submits(world, 5)
+    reference = bodies[-1]["image_style_references"][0]["image_url"]
+    # The image of job 1 as it still stands on the grid message.
+    assert "/krea-1-100." in reference and not grid.deleted
+    assert [r.status for r in world.pixazo.submits()] == [202] * 5
+
+
+async def test_retry_whose_references_are_gone_says_so_and_sends_nothing(world: World) -> None:
+    async with world.bot():
+        _, first = await imagine_result(
+            world, prompt="a fox", seed=5, reference=Upload("ref.png", png_bytes(), "image/png")
+        )
+        world.pixazo.next_outcome("ERROR", "GPU worker crashed")
+        failed = await press(world, first, "krea:regen:1")
+        failed_message = await failed.wait_for_original(
+            lambda m: "krea:retry:2" in m.custom_ids, timeout=10
+        )
+        # The references of job 2 live on job 1's result, which a moderator deletes.
+        await world.discord.delete_message(first)
+        retry = await press(world, failed_message, "krea:retry:2")
+        await retry.wait_until_done()
+        assert "no longer available" in reply_text(retry)
+        assert "Nothing was sent" in reply_text(retry)
+    assert len(world.pixazo.submits()) == 2  # the first image and the failed regenerate

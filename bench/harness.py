@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from bot.fake_pixazo import FakePixazo
+from fake_pixazo import FakePixazo
 from tests.fake_discord import FakeDiscord, FakeGuild, FakeMember
 from tests.fake_discord.fixtures import DEFAULT_TOKEN
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import NO_CAPS, BotProc, open_stage, result_request
-from bot.fake_pixazo.images import render_png
+from fake_pixazo.images import render_png
 
 IDLE_SECONDS = 1.5
 

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import NO_CAPS, BotProc, Stage, open_stage, percentile
-from bot.fake_pixazo.validation import validate_request
 from bot.pixazo import TextToImageRequest
 from bot.storage.db import open_database
+from fake_pixazo.validation import validate_request
 
 #: The gateway's rate limit in the benchmark, and the bot's STATUS_POLLS_PER_SECOND (default).
 RATE = 10.0

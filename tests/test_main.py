@@ -32,8 +32,8 @@ import aiohttp
 import pytest
 
 from bot.config import Settings
-from bot.fake_pixazo import FakePixazo
-from bot.fake_pixazo.__main__ import build_parser as fake_pixazo_parser
+from fake_pixazo import FakePixazo
+from fake_pixazo.__main__ import build_parser as fake_pixazo_parser
 from tests.fake_discord import FakeDiscord
 from tests.support.bot_process import BotProcess
 from tests.support.world import World
@@ -479,7 +479,7 @@ async def test_compose_demo_profile_runs_the_real_fake_gateway_cli() -> None:
     demo = services["kreabot-demo"]
     assert fake["profiles"] == ["demo"] and demo["profiles"] == ["demo"]
     command = fake["command"]
-    assert command[:3] == ["python", "-m", "bot.fake_pixazo"]
+    assert command[:3] == ["python", "-m", "fake_pixazo"]
     args = fake_pixazo_parser().parse_args(command[3:])  # the fake's real flags
     # The demo bot talks to that fake with its key, on the origin the fake names its
     # image URLs after (the bot downloads only from PIXAZO_BASE_URL's origin).

@@ -7,8 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from bot.fake_pixazo import GenerationParams, render_png
 from bot.imaging import fit_under, thumbnail
+from fake_pixazo import GenerationParams, render_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import pytest
 
-from bot.fake_pixazo import FakePixazo
+from fake_pixazo import FakePixazo
 from tests.fake_discord import INTERACTION_RESPONSE_DEADLINE, FakeMessage, InteractionHandle, Upload
 from tests.fake_discord.fixtures import DEFAULT_TOKEN
 from tests.support.checks import (

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from bot.fake_pixazo.validation import discord_url_expiry
 from cogs.variations import REQUESTER_ONLY, VARY
+from fake_pixazo.validation import discord_url_expiry
 from tests.fake_discord import Permission, Upload
 from tests.support.checks import assert_no_traceback, bot_messages, job_rows
 from tests.support.images import png_bytes

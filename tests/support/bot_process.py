@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from bot.fake_pixazo import FakePixazo
+    from fake_pixazo import FakePixazo
     from tests.fake_discord import FakeDiscord
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bot.fake_pixazo import FakePixazo
+from fake_pixazo import FakePixazo
 from tests.fake_discord import FakeDiscord, FakeMessage
 
 T = TypeVar("T")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.fake_pixazo import RecordedRequest
+from fake_pixazo import RecordedRequest
 from tests.fake_discord import FakeChannel, FakeMember, FakeMessage, InteractionHandle
 from tests.support.checks import eventually, job_rows, texts_of
 from tests.support.scenes import private_reply

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bot.fake_pixazo import FakePixazo
+from fake_pixazo import FakePixazo
 from tests.fake_discord import FakeDiscord, FakeGuild, FakeMessage, InteractionHandle
 from tests.support.bot_process import BotProcess
 from tests.support.checks import bot_messages, eventually, job_rows

@@ -13,9 +13,9 @@ import aiohttp
 
 from bot.app import KreaBot
 from bot.config import Settings
-from bot.fake_pixazo import FakePixazo
 from bot.pixazo import PollSchedule
 from bot.storage.db import open_database
+from fake_pixazo import FakePixazo
 from tests.fake_discord import FakeDiscord, FakeGuild, FakeMessage, InteractionHandle
 from tests.fake_discord.fixtures import DEFAULT_TOKEN, run_bot
 

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from bot.fake_pixazo import FakePixazo
 from bot.pixazo import PixazoClient, RetryPolicy
+from fake_pixazo import FakePixazo
 
 from .helpers import API_KEY, SleepRecorder
 

@@ -15,7 +15,6 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from bot.fake_pixazo import KEY_HEADER, WEBHOOK_HEADER, FakePixazo, image_size
 from bot.pixazo import (
     BadRequest,
     ConnectionFailed,
@@ -34,6 +33,7 @@ from bot.pixazo import (
     Unauthorized,
     build_request,
 )
+from fake_pixazo import KEY_HEADER, WEBHOOK_HEADER, FakePixazo, image_size
 
 from .helpers import API_KEY, SleepRecorder
 

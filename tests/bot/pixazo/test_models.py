@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from bot.fake_pixazo import FakePixazo
 from bot.pixazo import (
     InvalidRequest,
     PixazoClient,
@@ -16,6 +15,7 @@ from bot.pixazo import (
     TextToImageRequest,
     build_request,
 )
+from fake_pixazo import FakePixazo
 
 BOARD = "123e4567-e89b-12d3-a456-426614174000"
 

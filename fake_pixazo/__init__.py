@@ -1,12 +1,12 @@
 """A fake Pixazo gateway for Krea 2 Large, for tests, benchmarks and trying the bot offline.
 
-Run ``python -m bot.fake_pixazo`` to serve it from the command line, or use
+Run ``python -m fake_pixazo`` to serve it from the command line, or use
 :class:`FakePixazo` from a test (``async with FakePixazo() as fake: ...``). See
-:mod:`bot.fake_pixazo.server` for the scripting and recording API.
+:mod:`fake_pixazo.server` for the scripting and recording API.
 """
 
-from bot.fake_pixazo.images import image_size, render_png
-from bot.fake_pixazo.server import (
+from fake_pixazo.images import image_size, render_png
+from fake_pixazo.server import (
     KEY_HEADER,
     MODEL_ID,
     STATUS_PATH_PREFIX,
@@ -18,7 +18,7 @@ from bot.fake_pixazo.server import (
     RecordedRequest,
     WebhookDelivery,
 )
-from bot.fake_pixazo.validation import GenerationParams, ValidationFailed, validate_request
+from fake_pixazo.validation import GenerationParams, ValidationFailed, validate_request
 
 __all__ = [
     "KEY_HEADER",

@@ -1,6 +1,6 @@
 """Serve the fake Pixazo gateway from the command line, for trying the bot without a key.
 
-    python -m bot.fake_pixazo [--host 127.0.0.1] [--port 8088] [--api-key demo-key]
+    python -m fake_pixazo [--host 127.0.0.1] [--port 8088] [--api-key demo-key]
         [--queued-seconds S] [--processing-seconds S] [--long-edge PX] [--noisy]
         [--balance N] [--rate-limit PER_SECOND] [--quiet]
 
@@ -17,13 +17,13 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bot.fake_pixazo.server import FakePixazo
+from fake_pixazo.server import FakePixazo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command-line interface of ``python -m bot.fake_pixazo``."""
+    """The command-line interface of ``python -m fake_pixazo``."""
     parser = argparse.ArgumentParser(
-        prog="python -m bot.fake_pixazo",
+        prog="python -m fake_pixazo",
         description="Serve a fake Pixazo gateway for Krea 2 Large on loopback.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")

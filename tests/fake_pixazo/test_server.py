@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from bot.fake_pixazo import SUBMIT_PATH, FakePixazo, image_size
+from fake_pixazo import SUBMIT_PATH, FakePixazo, image_size
 
 KEY = "secret-key"
 HEADERS = {"Ocp-Apim-Subscription-Key": KEY, "Content-Type": "application/json"}
@@ -549,7 +549,7 @@ async def test_command_line_prints_base_url_and_key(http: aiohttp.ClientSession)
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bot.fake_pixazo",
+        "fake_pixazo",
         "--port",
         "0",
         "--api-key",

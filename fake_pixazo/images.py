@@ -15,7 +15,7 @@ from typing import Final
 
 from PIL import Image, ImageDraw
 
-from bot.fake_pixazo.validation import GenerationParams
+from fake_pixazo.validation import GenerationParams
 
 DEFAULT_LONG_EDGE: Final = 512
 

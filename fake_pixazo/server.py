@@ -102,8 +102,8 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
-from bot.fake_pixazo.images import DEFAULT_LONG_EDGE, render_png
-from bot.fake_pixazo.validation import (
+from fake_pixazo.images import DEFAULT_LONG_EDGE, render_png
+from fake_pixazo.validation import (
     GenerationParams,
     ValidationFailed,
     expired_reference_problems,

@@ -147,7 +147,7 @@ def instrument_kreabot() -> None:
 
     async def timed_setup_hook(self: KreaBot) -> None:
         CONTROL.client = self
-        CONTROL.runner = self.runner
+        CONTROL.runner = self.services.runner
         CONTROL.times["setup_hook"] = time.monotonic()
         await setup_hook(self)
         CONTROL.times["setup_hook_done"] = time.monotonic()
@@ -166,20 +166,20 @@ def instrument_kreabot() -> None:
 async def run_kreabot() -> None:
     """The production start-up of kreabot."""
     from bot.__main__ import run
-    from bot.config import Settings
     from bot.logs import setup_logging
+    from bot.settings import Settings
 
     instrument_kreabot()
     if os.environ.get("BENCH_MODE") == "kreabot-defer-only":
         # Diagnosis only: /imagine stops right after its deferral (the first thing it does
-        # after deferring is resolving the parameters), so nothing competes with the
-        # acknowledgements of later commands.
-        from bot.app import KreaBot
+        # after deferring is handing the request to the job service), so nothing competes
+        # with the acknowledgements of later commands.
+        from bot.job_service import JobService
 
         async def never(*args: Any, **kwargs: Any) -> Any:
             await asyncio.Event().wait()
 
-        KreaBot.resolve = never  # type: ignore[method-assign]
+        JobService.imagine = never  # type: ignore[method-assign]
     settings = Settings(_env_file=None)
     setup_logging(
         settings.LOG_LEVEL,

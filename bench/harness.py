@@ -121,7 +121,7 @@ class BotProc:
         tag: str = "",
     ) -> BotProc:
         """Launch a bot against ``stage``'s fakes (``variant``: plain or speed)."""
-        from bot.config import Settings
+        from bot.settings import Settings
 
         suffix = f"-{tag}" if tag else ""
         log_path = stage.workdir / f"{stage.name}{suffix}.log"

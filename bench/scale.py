@@ -70,13 +70,12 @@ async def seed_database(stage: Stage, request_ids: list[str]) -> None:
         )
     db = await open_database(stage.db_path)
     try:
-        await db.executemany(
+        await db.write_many(
             """INSERT INTO jobs (guild_id, channel_id, user_id, state, params, request_id,
                    polling_url, message_id, created_at, submitted_at, updated_at)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             rows,
         )
-        await db.commit()
     finally:
         await db.close()
 

@@ -12,19 +12,36 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import signal
 import sqlite3
 import sys
+import time
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import discord
 
+from bot.admission import Breaker
 from bot.app import KreaBot
-from bot.config import HINTS, Settings, SettingsError, load_settings
+from bot.commands_sync import CommandSync
+from bot.delivery import DiscordDelivery
+from bot.fair_use import FairUse
+from bot.job_service import JobService
 from bot.logs import setup_logging
+from bot.maintenance import Maintenance
+from bot.metrics import Metrics
 from bot.pixazo import NotFound, PixazoClient, PixazoError, Unauthorized
-from bot.storage.db import open_database
+from bot.polling import RATE_HEADROOM, PollPlanner, PollSchedule
+from bot.runner import JobRunner
+from bot.services import Services
+from bot.settings import HINTS, Settings, SettingsError, load_settings
+from bot.storage.config import ConfigStore
+from bot.storage.db import Database, open_database
+from bot.storage.jobs import JobRepository
+from bot.web import WebServer
+from bot.webhooks import webhook_url
 
 log = logging.getLogger("bot")
 
@@ -60,27 +77,142 @@ def invite_url(application_id: int) -> str:
     return discord.utils.oauth_url(application_id, permissions=PERMISSIONS, scopes=SCOPES)
 
 
-async def run(settings: Settings) -> None:
-    """Open the session and the database, then run the bot until it is told to stop."""
+def build_services(
+    settings: Settings,
+    *,
+    session: aiohttp.ClientSession,
+    db: Database,
+    bot: KreaBot,
+    clock: Callable[[], float] = time.time,
+    poll_schedule: PollSchedule | None = None,
+    retry_wait: float = 5.0,
+) -> Services:
+    """Every long-lived piece, each given only what it uses. Data flows one way:
+    interaction → job service → stored job → runner (submit, poll, download) → delivery."""
+    jobs = JobRepository(db, clock)
+    config = ConfigStore(db, clock)
+    fair_use = FairUse(settings, config, clock)
+    metrics = Metrics()
+    pixazo = PixazoClient(
+        session, settings.PIXAZO_API_KEY.get_secret_value(), base_url=settings.PIXAZO_BASE_URL
+    )
+    delivery = DiscordDelivery(bot, jobs, config, session, clock)
+    fixed_polls = poll_schedule or PollSchedule(
+        first=settings.POLL_FIRST_SECONDS,
+        interval=settings.POLL_INTERVAL_SECONDS,
+        cap=settings.POLL_MAX_INTERVAL_SECONDS,
+    )
+    webhooks = settings.WEBHOOK_PUBLIC_URL is not None and settings.WEBHOOK_SECRET is not None
+    # Learns generation times to poll around them (not with an injected schedule, nor
+    # with webhooks, which poll only as a safety net).
+    planner = (
+        PollPlanner(fixed_polls, clock=clock)
+        if settings.POLL_ADAPTIVE and poll_schedule is None and not webhooks
+        else None
+    )
+    safety = settings.WEBHOOK_SAFETY_POLL_SECONDS
+    runner = JobRunner(
+        jobs,
+        pixazo,
+        delivery,
+        limits=fair_use,
+        max_concurrent=settings.MAX_CONCURRENT_JOBS,
+        polls_per_second=settings.STATUS_POLLS_PER_SECOND * RATE_HEADROOM,
+        job_timeout=settings.JOB_TIMEOUT_SECONDS,
+        max_download_bytes=settings.MAX_DOWNLOAD_BYTES,
+        poll_schedule=fixed_polls,
+        poll_planner=planner,
+        retry_wait=retry_wait,
+        breaker=Breaker(probe_after=settings.BREAKER_PROBE_SECONDS),
+        queue_give_up=settings.QUEUE_GIVE_UP_SECONDS,
+        webhook_url_for=(
+            functools.partial(
+                webhook_url,
+                settings.WEBHOOK_PUBLIC_URL,
+                settings.WEBHOOK_SECRET.get_secret_value(),
+            )
+            if settings.WEBHOOK_PUBLIC_URL is not None and settings.WEBHOOK_SECRET is not None
+            else None
+        ),
+        webhook_poll_schedule=PollSchedule(first=safety, interval=safety, factor=1.0, cap=safety),
+        metrics=metrics,
+        clock=clock,
+    )
+    web = None
+    if settings.HTTP_PORT is not None:
+
+        async def health() -> dict[str, bool]:
+            return {"discord": bot.connected(), "database": await db.ping()}
+
+        async def metrics_text() -> str:
+            return metrics.render(await jobs.count_by_state())
+
+        secret = settings.WEBHOOK_SECRET
+        web = WebServer(
+            settings.HTTP_HOST,
+            settings.HTTP_PORT,
+            health=health,
+            metrics_text=metrics_text,
+            wake=runner.wake,
+            metrics=metrics,
+            webhook_secret=secret.get_secret_value() if secret else None,
+        )
+    return Services(
+        settings=settings,
+        session=session,
+        db=db,
+        pixazo=pixazo,
+        jobs=jobs,
+        config=config,
+        fair_use=fair_use,
+        metrics=metrics,
+        delivery=delivery,
+        runner=runner,
+        job_service=JobService(jobs, config, fair_use, runner, delivery, clock),
+        commands=CommandSync(bot.tree, config, settings.DEV_GUILD_ID),
+        maintenance=Maintenance(
+            config,
+            jobs,
+            settings.RETENTION_DAYS,
+            is_present=lambda guild_id: bot.get_guild(guild_id) is not None,
+            clock=clock,
+        ),
+        ready=bot.wait_until_ready,
+        web=web,
+        poll_planner=planner,
+    )
+
+
+@contextlib.asynccontextmanager
+async def open_bot(settings: Settings, *, start: bool = True) -> AsyncIterator[KreaBot]:
+    """The database, the HTTP session, the services and the bot that speaks for them."""
     db = await open_database(settings.DATABASE_PATH)
     try:
         async with aiohttp.ClientSession() as session:
-            async with KreaBot(settings, session=session, db=db) as bot:
-                loop = asyncio.get_running_loop()
-                # The loop keeps only weak references to tasks: hold the shutdown task.
-                stopping: set[asyncio.Task[None]] = set()
-
-                def on_signal() -> None:
-                    task = asyncio.ensure_future(shutdown(bot))
-                    stopping.add(task)
-                    task.add_done_callback(stopping.discard)
-
-                for signum in (signal.SIGTERM, signal.SIGINT):
-                    with contextlib.suppress(NotImplementedError):
-                        loop.add_signal_handler(signum, on_signal)
-                await bot.start(settings.DISCORD_TOKEN.get_secret_value())
+            bot = KreaBot(settings)
+            bot.use(build_services(settings, session=session, db=db, bot=bot), start=start)
+            async with bot:
+                yield bot
     finally:
         await db.close()
+
+
+async def run(settings: Settings) -> None:
+    """Run the bot until it is told to stop (SIGTERM, SIGINT)."""
+    async with open_bot(settings) as bot:
+        loop = asyncio.get_running_loop()
+        # The loop keeps only weak references to tasks: hold the shutdown task.
+        stopping: set[asyncio.Task[None]] = set()
+
+        def on_signal() -> None:
+            task = asyncio.ensure_future(shutdown(bot))
+            stopping.add(task)
+            task.add_done_callback(stopping.discard)
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(signum, on_signal)
+        await bot.start(settings.DISCORD_TOKEN.get_secret_value())
     log.info("stopped: the gateway and the database are closed")
 
 
@@ -99,8 +231,7 @@ async def check(settings: Settings) -> int:
         print(f"FAIL  database {settings.DATABASE_PATH} cannot be opened ({exc}): {DATABASE_HINT}")
         failures += 1
     else:
-        async with db.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
+        row = await db.fetchone("PRAGMA user_version")
         await db.close()
         print(f"ok    database {settings.DATABASE_PATH} (schema version {row[0] if row else '?'})")
     async with aiohttp.ClientSession() as session:
@@ -108,7 +239,7 @@ async def check(settings: Settings) -> int:
             session, settings.PIXAZO_API_KEY.get_secret_value(), base_url=settings.PIXAZO_BASE_URL
         )
         try:
-            await client.status_once("kreabot-check-not-a-request")
+            await client.status("kreabot-check-not-a-request")
             print(f"ok    Pixazo key accepted by {settings.PIXAZO_BASE_URL}")
         except NotFound:
             print(f"ok    Pixazo key accepted by {settings.PIXAZO_BASE_URL}")
@@ -144,19 +275,13 @@ async def check(settings: Settings) -> int:
 
 
 async def sync(settings: Settings, guild_id: int | None) -> int:
-    """Log in over HTTP only and register the commands."""
-    db = await open_database(settings.DATABASE_PATH)
-    try:
-        async with aiohttp.ClientSession() as session:
-            bot = KreaBot(settings, session=session, db=db, sync_commands=False, resume_jobs=False)
-            async with bot:
-                await bot.login(settings.DISCORD_TOKEN.get_secret_value())
-                await bot.sync_commands(guild_id, only_if_changed=False)
-                guild_id = guild_id or settings.DEV_GUILD_ID  # what sync_commands used
-                where = f"server {guild_id}" if guild_id else "all servers (may take a while)"
-                print(f"ok    slash commands registered for {where}")
-    finally:
-        await db.close()
+    """Log in over HTTP only and register the commands (no job is started)."""
+    async with open_bot(settings, start=False) as bot:
+        await bot.login(settings.DISCORD_TOKEN.get_secret_value())
+        await bot.services.commands.sync(guild_id, only_if_changed=False)
+        guild_id = guild_id or settings.DEV_GUILD_ID  # what the sync used
+        where = f"server {guild_id}" if guild_id else "all servers (may take a while)"
+        print(f"ok    slash commands registered for {where}")
     return 0
 
 

@@ -1,94 +1,159 @@
 """Persistent buttons and selects on results.
 
-Every item is a :class:`discord.ui.DynamicItem` whose custom_id carries only ids, so it
-keeps working after a restart, after days and after the interaction token expired. What
-a press means is loaded from SQLite by the :class:`ResultActions` the bot provides.
+Every item is a :class:`discord.ui.DynamicItem` whose custom_id carries only a job id, so it
+keeps working after a restart, after days and after the interaction token expired. All of
+them derive from :class:`JobControl`: it checks the press in ``interaction_check`` (the job
+belongs to this server, the member may press it) through the :class:`ResultActions` the
+variations cog provides, and sends every error down the one private path.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import discord
 
+from bot.errors import UserError
+from bot.interactions import GuardedItem, report_error
 from bot.pixazo import ASPECT_RATIOS
-
-if TYPE_CHECKING:
-    from bot.storage.jobs import Job
+from bot.storage.jobs import Job
 
 #: Job ids in custom_ids have at most 18 digits: every such number fits SQLite's 64-bit
 #: integers, so a forged longer id is simply "no longer available", never an OverflowError.
 UNAVAILABLE = "This result is no longer available."
 PREFIX = "krea:"
+JOB_ID = r"(?P<job>[0-9]{1,18})"
 
 
 class ResultActions(Protocol):
     """What pressing a result's controls does (implemented by the variations cog)."""
 
-    async def regenerate(self, interaction: discord.Interaction[Any], job_id: int) -> None: ...
-    async def vary(self, interaction: discord.Interaction[Any], job_id: int, mode: str) -> None: ...
-    async def remix(self, interaction: discord.Interaction[Any], job_id: int) -> None: ...
-    async def reframe(
-        self, interaction: discord.Interaction[Any], job_id: int, ratios: list[str]
-    ) -> None: ...
-    async def delete(self, interaction: discord.Interaction[Any], job_id: int) -> None: ...
-    async def retry(self, interaction: discord.Interaction[Any], job_id: int) -> None: ...
-    async def open(self, interaction: discord.Interaction[Any], job_id: int) -> None: ...
+    async def check(self, interaction: discord.Interaction[Any], action: str, job_id: int) -> Job:
+        """The job a press acts on, once the member may press it; else raise UserError."""
+        ...
+
+    async def act(
+        self, interaction: discord.Interaction[Any], action: str, job: Job, **options: Any
+    ) -> None:
+        """Do what the press asks."""
+        ...
 
 
-async def _actions(interaction: discord.Interaction[Any]) -> ResultActions | None:
-    actions = getattr(interaction.client, "result_actions", None)
+def _actions(interaction: discord.Interaction[Any]) -> ResultActions:
+    actions: ResultActions | None = getattr(interaction.client, "result_actions", None)
     if actions is None:
-        await interaction.response.send_message(UNAVAILABLE, ephemeral=True)
+        raise UserError(UNAVAILABLE, plain=True)
     return actions
 
 
-class RegenerateButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:regen:(?P<job>[0-9]{1,18})"
-):
-    """Same parameters, new seed."""
+class JobControl(GuardedItem, discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"(?!)"):
+    """A button acting on one job: ``krea:<action>:<job id>``.
 
-    def __init__(self, job_id: int) -> None:
+    Subclasses name their ``action`` (the custom_id's middle part and the verb handed to
+    :meth:`ResultActions.act`), label, emoji and style, and their own ``template``.
+    """
+
+    action: ClassVar[str]
+    label: ClassVar[str]
+    emoji: ClassVar[str]
+    style: ClassVar[discord.ButtonStyle] = discord.ButtonStyle.secondary
+
+    def __init__(
+        self,
+        job_id: int,
+        *,
+        label: str | None = None,
+        row: int | None = None,
+        emoji: str | None = None,
+    ) -> None:
         super().__init__(
             discord.ui.Button(
-                label="Regenerate",
-                emoji="🔁",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"krea:regen:{job_id}",
+                label=label or self.label,
+                emoji=emoji or self.emoji,
+                style=self.style,
+                custom_id=self.custom_id_for(job_id),
+                row=row,
             )
         )
         self.job_id = job_id
+        self.job: Job | None = None
+
+    def custom_id_for(self, job_id: int) -> str:
+        """The custom_id of this control for ``job_id``."""
+        return f"krea:{self.action}:{job_id}"
 
     @classmethod
     async def from_custom_id(
         cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> RegenerateButton:
+    ) -> JobControl:
         return cls(int(match["job"]))
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        if actions := await _actions(interaction):
-            await actions.regenerate(interaction, self.job_id)
+    def options(self) -> dict[str, Any]:
+        """What the press carries besides the job (a vary mode, chosen ratios)."""
+        return {}
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        """The job exists in this server and the member may press this control."""
+        try:
+            self.job = await _actions(interaction).check(interaction, self.action, self.job_id)
+        except Exception as exc:
+            await report_error(interaction, exc)
+            return False
+        return True
+
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
+        assert self.job is not None
+        await _actions(interaction).act(interaction, self.action, self.job, **self.options())
 
 
-class VaryButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"krea:vary:(?P<mode>subtle|strong):(?P<job>[0-9]{1,18})",
-):
+class RegenerateButton(JobControl, template=rf"krea:regen:{JOB_ID}"):
+    """Same parameters, new seed."""
+
+    action, label, emoji = "regen", "Regenerate", "🔁"
+
+
+class RemixButton(JobControl, template=rf"krea:remix:{JOB_ID}"):
+    """Edit the prompt (and seed) in a form and run it again."""
+
+    action, label, emoji = "remix", "Remix", "✏️"
+
+
+class OpenButton(JobControl, template=rf"krea:open:{JOB_ID}"):
+    """Post one image of a batch full size, as a result of its own."""
+
+    action, label, emoji = "open", "Open", "⤢"
+
+
+class DeleteButton(JobControl, template=rf"krea:delete:{JOB_ID}"):
+    """Remove the result (requester or Manage Messages only)."""
+
+    action, label, emoji = "delete", "Delete", "🗑️"
+    style = discord.ButtonStyle.danger
+
+
+class RetryButton(JobControl, template=rf"krea:retry:{JOB_ID}"):
+    """Send a failed or interrupted job again, as a new job."""
+
+    action, label, emoji = "retry", "Retry", "🔄"
+    style = discord.ButtonStyle.primary
+
+
+class VaryButton(JobControl, template=rf"krea:vary:(?P<mode>subtle|strong):{JOB_ID}"):
     """The result becomes a style reference for a new image."""
 
-    def __init__(self, job_id: int, mode: str, label: str | None = None) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=label or f"Vary ({mode})",
-                emoji="🌀" if mode == "strong" else "🪶",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"krea:vary:{mode}:{job_id}",
-            )
-        )
-        self.job_id = job_id
+    action, label, emoji = "vary", "Vary", "🪶"
+
+    def __init__(
+        self, job_id: int, mode: str = "subtle", *, label: str | None = None, row: int | None = None
+    ) -> None:
         self.mode = mode
+        emoji = "🌀" if mode == "strong" else "🪶"
+        super().__init__(job_id, label=label or f"Vary ({mode})", row=row, emoji=emoji)
+
+    def custom_id_for(self, job_id: int) -> str:
+        return f"krea:vary:{self.mode}:{job_id}"
 
     @classmethod
     async def from_custom_id(
@@ -96,124 +161,16 @@ class VaryButton(
     ) -> VaryButton:
         return cls(int(match["job"]), match["mode"])
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        if actions := await _actions(interaction):
-            await actions.vary(interaction, self.job_id, self.mode)
-
-
-class RemixButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:remix:(?P<job>[0-9]{1,18})"
-):
-    """Edit the prompt (and seed) in a modal and run it again."""
-
-    def __init__(self, job_id: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Remix",
-                emoji="✏️",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"krea:remix:{job_id}",
-            )
-        )
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> RemixButton:
-        return cls(int(match["job"]))
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        if actions := await _actions(interaction):
-            await actions.remix(interaction, self.job_id)
-
-
-class OpenButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:open:(?P<job>[0-9]{1,18})"
-):
-    """Post one image of a batch full size, as a result of its own."""
-
-    def __init__(self, job_id: int, label: str = "Open") -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=label,
-                emoji="⤢",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"krea:open:{job_id}",
-                row=0,
-            )
-        )
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> OpenButton:
-        return cls(int(match["job"]))
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        if actions := await _actions(interaction):
-            await actions.open(interaction, self.job_id)
-
-
-class DeleteButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:delete:(?P<job>[0-9]{1,18})"
-):
-    """Remove the result (requester or Manage Messages only)."""
-
-    def __init__(self, job_id: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Delete",
-                emoji="🗑️",
-                style=discord.ButtonStyle.danger,
-                custom_id=f"krea:delete:{job_id}",
-            )
-        )
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> DeleteButton:
-        return cls(int(match["job"]))
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        if actions := await _actions(interaction):
-            await actions.delete(interaction, self.job_id)
-
-
-class RetryButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"krea:retry:(?P<job>[0-9]{1,18})"
-):
-    """Send a failed or interrupted job again, as a new job."""
-
-    def __init__(self, job_id: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Retry",
-                emoji="🔄",
-                style=discord.ButtonStyle.primary,
-                custom_id=f"krea:retry:{job_id}",
-            )
-        )
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str]
-    ) -> RetryButton:
-        return cls(int(match["job"]))
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        if actions := await _actions(interaction):
-            await actions.retry(interaction, self.job_id)
+    def options(self) -> dict[str, Any]:
+        return {"mode": self.mode}
 
 
 class ReframeSelect(
-    discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"krea:reframe:(?P<job>[0-9]{1,18})"
+    GuardedItem, discord.ui.DynamicItem[discord.ui.Select[Any]], template=rf"krea:reframe:{JOB_ID}"
 ):
     """Pick other aspect ratios; each becomes its own job."""
+
+    action = "reframe"
 
     def __init__(self, job_id: int, current: str = "1:1") -> None:
         options = [
@@ -231,6 +188,7 @@ class ReframeSelect(
             )
         )
         self.job_id = job_id
+        self.job: Job | None = None
 
     @classmethod
     async def from_custom_id(
@@ -238,10 +196,19 @@ class ReframeSelect(
     ) -> ReframeSelect:
         return cls(int(match["job"]))
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        values = [v for v in self.item.values if v in ASPECT_RATIOS]
-        if actions := await _actions(interaction):
-            await actions.reframe(interaction, self.job_id, values)
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        """The job exists in this server and the member may make new images from it."""
+        try:
+            self.job = await _actions(interaction).check(interaction, self.action, self.job_id)
+        except Exception as exc:
+            await report_error(interaction, exc)
+            return False
+        return True
+
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
+        assert self.job is not None
+        ratios = [v for v in self.item.values if v in ASPECT_RATIOS]
+        await _actions(interaction).act(interaction, self.action, self.job, ratios=ratios)
 
 
 DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
@@ -284,13 +251,9 @@ def batch_view(jobs: list[Job], present: list[bool]) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     for index, (job, ok) in enumerate(zip(jobs, present, strict=True)):
         if ok:
-            view.add_item(OpenButton(job.id, label=f"{index + 1}"))
+            view.add_item(OpenButton(job.id, label=f"{index + 1}", row=0))
     for index, (job, ok) in enumerate(zip(jobs, present, strict=True)):
         if ok:
-            item = VaryButton(job.id, "subtle", label=f"V{index + 1}")
-            item.item.row = 1
-            view.add_item(item)
-    delete = DeleteButton(jobs[0].id)
-    delete.item.row = 2
-    view.add_item(delete)
+            view.add_item(VaryButton(job.id, "subtle", label=f"V{index + 1}", row=1))
+    view.add_item(DeleteButton(jobs[0].id, row=2))
     return view

@@ -1,4 +1,9 @@
-"""The Discord side of the runner: shows progress, posts results and failures.
+"""The Discord side of the runner: announces jobs, shows progress, posts results and failures.
+
+It implements :class:`~bot.events.JobObserver` (what the runner reports) and
+:class:`~bot.job_service.ReferenceSource` (reference images signed afresh). It receives the
+bytes it publishes: the runner downloads each image once, and a batch's images wait here,
+in memory, until the last one arrives and the grid is posted.
 
 While the interaction token lives (15 minutes) the job's message is edited through it;
 afterwards the bot's own token is used: results are posted as a reply in the channel and
@@ -11,14 +16,17 @@ import asyncio
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import discord
 
 from bot.components import batch_view, result_view, retry_view
+from bot.events import Failure, Progress, Published
 from bot.imaging import fit_under, make_grid, thumbnail
+from bot.job_service import Announce
+from bot.pixazo import DownloadedMedia
 from bot.presenter import (
     batch_embed,
     failure_content,
@@ -27,24 +35,14 @@ from bot.presenter import (
     result_embed,
     tile_embed,
 )
-from bot.storage.jobs import JobState
-
-#: States in which a job of a batch is done (its image exists, or never will).
-SETTLED = (JobState.DELIVERING, JobState.COMPLETED, JobState.FAILED, JobState.INTERRUPTED)
-
-if TYPE_CHECKING:
-    from bot.pixazo import DownloadedMedia
-    from bot.runner import Failure, Progress
-    from bot.storage.jobs import Job, JobRepository
-    from bot.storage.settings import SettingsRepository
+from bot.storage.config import ConfigStore
+from bot.storage.jobs import Job, JobRepository, JobState, Reference
 
 log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
 #: Seconds between two progress edits of the same job (Discord tolerates ~5 edits / 5 s).
 PROGRESS_EDIT_INTERVAL = 3.0
-#: Interaction tokens live 15 minutes; stop using them a little earlier.
-TOKEN_LIFETIME = 15 * 60 - 30
 PAUSE_NOTICES = {
     "balance": (
         "⏸️ **kreabot paused every image request: the Pixazo balance is empty.** "
@@ -58,6 +56,10 @@ PAUSE_NOTICES = {
 #: Long edge of the reference copies kept on result messages.
 REFERENCE_EDGE = 768
 MAX_REFERENCE_FETCH = 25 * 1024 * 1024
+#: States in which a job of a batch will bring no image to its grid.
+WITHOUT_IMAGE = (JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED)
+
+Channel = discord.TextChannel | discord.Thread | discord.VoiceChannel | discord.StageChannel
 
 
 def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:
@@ -66,25 +68,25 @@ def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:
 
 
 class DiscordDelivery:
-    """Implements the runner's :class:`~bot.runner.JobObserver` against Discord."""
+    """Shows jobs in Discord: announcements, progress, results, failures, pauses."""
 
     def __init__(
         self,
         client: discord.Client,
         repo: JobRepository,
+        config: ConfigStore,
         session: aiohttp.ClientSession,
         clock: Callable[[], float] = time.time,
-        download: Callable[[str], Awaitable[bytes]] | None = None,
-        settings_repo: SettingsRepository | None = None,
     ) -> None:
         self.client = client
         self.repo = repo
+        self.config = config
         self.session = session
-        self.download = download or self._plain_download
-        self._batch_locks: dict[int, asyncio.Lock] = {}
-        self.settings_repo = settings_repo
         self.clock = clock
         self._last_edit: dict[int, tuple[float, str]] = {}
+        self._batch_locks: dict[int, asyncio.Lock] = {}
+        #: Images of a batch's jobs, until the grid is posted (None: that job failed).
+        self._held: dict[int, dict[int, bytes | None]] = {}
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -94,14 +96,12 @@ class DiscordDelivery:
             job.application_id, job.interaction_token, client=self.client
         )
 
-    async def channel_for(
-        self, job: Job
-    ) -> discord.TextChannel | discord.Thread | discord.VoiceChannel:
+    async def channel_for(self, job: Job) -> Channel:
         """The job's channel, from the cache or the API."""
         channel = self.client.get_channel(job.channel_id)
         if channel is None:
             channel = await self.client.fetch_channel(job.channel_id)
-        assert isinstance(channel, discord.TextChannel | discord.Thread | discord.VoiceChannel)
+        assert isinstance(channel, Channel)
         return channel
 
     async def edit_job_message(self, job: Job, **fields: Any) -> bool:
@@ -126,47 +126,53 @@ class DiscordDelivery:
             raise
         return True
 
-    async def announce(
-        self, jobs: list[Job], interaction: discord.Interaction[Any], *, followup: bool = False
-    ) -> None:
-        """Turn the deferred reply (or a new follow-up) into the jobs' message, queued."""
-        from bot.runner import Progress
+    # -- announcing ------------------------------------------------------------------
 
-        content = progress_content(jobs[0], Progress("queued"), batch=len(jobs))
-        message: discord.Message
-        if followup:
-            message = await interaction.followup.send(
-                content, allowed_mentions=NO_MENTIONS, wait=True
+    def announcer(self, interaction: discord.Interaction[Any]) -> Announce:
+        """Announce jobs in the deferred reply to ``interaction`` (further groups of the
+        same request get follow-ups of their own)."""
+
+        async def announce(jobs: list[Job], first: bool) -> int:
+            content = progress_content(jobs[0], Progress("queued"), batch=len(jobs))
+            message: discord.Message
+            if first:
+                message = await interaction.edit_original_response(
+                    content=content, allowed_mentions=NO_MENTIONS
+                )
+            else:
+                message = await interaction.followup.send(
+                    content, allowed_mentions=NO_MENTIONS, wait=True
+                )
+            self._announced(jobs)
+            return message.id
+
+        return announce
+
+    def channel_announcer(self, channel_id: int, reply_to: int | None) -> Announce:
+        """Announce jobs in a channel message (no interaction to answer, e.g. a reaction)."""
+
+        async def announce(jobs: list[Job], first: bool) -> int:
+            channel = await self.channel_for(jobs[0])
+            reference = (
+                discord.MessageReference(
+                    message_id=reply_to, channel_id=channel_id, fail_if_not_exists=False
+                )
+                if reply_to
+                else None
             )
-        else:
-            message = await interaction.edit_original_response(
-                content=content, allowed_mentions=NO_MENTIONS
+            message = await channel.send(
+                progress_content(jobs[0], Progress("queued"), batch=len(jobs)),
+                reference=reference or discord.utils.MISSING,
+                allowed_mentions=NO_MENTIONS,
             )
-        await self._remember_message(jobs, message.id)
+            self._announced(jobs)
+            return message.id
 
-    async def announce_in_channel(self, jobs: list[Job], *, reply_to: int | None) -> None:
-        """Post the jobs' message in their channel (no interaction to answer)."""
-        from bot.runner import Progress
+        return announce
 
-        channel = await self.channel_for(jobs[0])
-        reference = (
-            discord.MessageReference(
-                message_id=reply_to, channel_id=jobs[0].channel_id, fail_if_not_exists=False
-            )
-            if reply_to
-            else None
-        )
-        message = await channel.send(
-            progress_content(jobs[0], Progress("queued"), batch=len(jobs)),
-            reference=reference or discord.utils.MISSING,
-            allowed_mentions=NO_MENTIONS,
-        )
-        await self._remember_message(jobs, message.id)
-
-    async def _remember_message(self, jobs: list[Job], message_id: int) -> None:
+    def _announced(self, jobs: list[Job]) -> None:
         for job in jobs:
             self._last_edit[self._edit_key(job)] = (time.monotonic(), "queued")
-            await self.repo.update(job, message_id=message_id)
 
     @staticmethod
     def _edit_key(job: Job) -> int:
@@ -186,14 +192,15 @@ class DiscordDelivery:
         self._last_edit[key] = (now, progress.stage)
         await self.edit_job_message(job, content=progress_content(job, progress))
 
-    async def job_result(self, job: Job, media: DownloadedMedia) -> int | None:
-        """Upload the image with its embed and buttons; return the message holding it.
+    async def job_result(self, job: Job, media: DownloadedMedia) -> Published | None:
+        """Upload the image with its embed and buttons (a batch's grid once its last image
+        is here).
 
         The job's reference images ride along as small attachments, so that a regenerate
         pressed days later can re-fetch this message and send fresh, signed URLs.
         """
         if job.batch_id:
-            return await self._batch_settled(job)
+            return await self._batch_settled(job, media.data)
         self._last_edit.pop(job.id, None)
         ref_files = await self._reference_files(job)
         budget = job.filesize_limit - sum(len(data) for _, data, _ in ref_files)
@@ -202,17 +209,50 @@ class DiscordDelivery:
         )
         parent_url = await self._parent_url(job)
         embeds = [result_embed(job, filename=filename, parent_url=parent_url)]
-        embeds += [reference_embed(entry, name) for name, _, entry in ref_files]
+        embeds += [reference_embed(ref, name) for name, _, ref in ref_files]
         payload = [(filename, data), *((name, blob) for name, blob, _ in ref_files)]
-        view = result_view(job)
         content = f"<@{job.user_id}>'s image is ready"
-        message_id = await self._publish(job, content, embeds, view, payload)
+        message_id = await self._publish(job, content, embeds, result_view(job), payload)
         if ref_files:
-            stored = [
-                dict(entry, message_id=message_id, filename=name) for name, _, entry in ref_files
+            kept = [
+                ref.model_copy(update={"message_id": message_id, "filename": name})
+                for name, _, ref in ref_files
             ]
-            await self.repo.update(job, refs=stored)
-        return message_id
+            await self.repo.update(job, refs=kept)
+        return Published(message_id, (job.id,))
+
+    async def job_failed(self, job: Job, failure: Failure) -> Published | None:
+        """Say why in the job's message (or in a new one if it is gone)."""
+        if job.batch_id:
+            published = await self._batch_settled(job, None)
+            if published is not None:
+                return published  # the batch's grid shows the missing image
+        self._last_edit.pop(self._edit_key(job), None)
+        content = failure_content(job, failure)
+        view = retry_view(job) if failure.retryable else None
+        fields: dict[str, Any] = {"content": content, "embed": None}
+        if view is not None:
+            fields["view"] = view
+        if not await self.edit_job_message(job, **fields):
+            channel = await self.channel_for(job)
+            await channel.send(
+                content, view=view or discord.utils.MISSING, allowed_mentions=NO_MENTIONS
+            )
+        return None
+
+    async def gateway_paused(self, reason: str) -> None:
+        """Tell each server's log channel (once per pause) that submissions stopped."""
+        text = PAUSE_NOTICES.get(reason, PAUSE_NOTICES["outage"])
+        for guild_id, channel_id in await self.config.log_channels():
+            channel = self.client.get_channel(channel_id)
+            if not isinstance(channel, discord.TextChannel | discord.Thread):
+                continue
+            try:
+                await channel.send(text, allowed_mentions=NO_MENTIONS)
+            except discord.HTTPException as exc:
+                log.warning("guild %s: could not post the pause notice: %s", guild_id, exc)
+
+    # -- results ---------------------------------------------------------------------
 
     async def _publish(
         self,
@@ -254,156 +294,6 @@ class DiscordDelivery:
                 job, content=f"✅ Finished: the image is in the reply below ({link})", view=None
             )
         return message_id
-
-    async def _reference_files(self, job: Job) -> list[tuple[str, bytes, dict[str, Any]]]:
-        """Small copies of the job's reference images, to keep them re-fetchable."""
-        files = []
-        for index, entry in enumerate(job.refs):
-            try:
-                blob = await self.fetch_reference(job, entry)
-                small = await asyncio.to_thread(thumbnail, blob, REFERENCE_EDGE)
-            except Exception as exc:  # a lost reference must not lose the result
-                log.warning("job %s: could not keep reference %d: %r", job.id, index, exc)
-                continue
-            files.append((f"ref-{index + 1}.jpg", small, entry))
-        return files
-
-    async def fetch_reference(self, job: Job, entry: dict[str, Any]) -> bytes:
-        """The bytes of a reference: from its message when it lives on one, else its URL."""
-        url = entry.get("proxy_url") or entry.get("url")
-        if entry.get("message_id"):
-            url = await self.fresh_attachment_url(job, entry["message_id"], entry["filename"])
-        if not url:
-            raise LookupError("the reference's message is gone")
-        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=30)) as response:
-            response.raise_for_status()
-            return await response.content.read(MAX_REFERENCE_FETCH)
-
-    async def fresh_attachment_url(
-        self, job: Job, message_id: int, filename: str, *, proxy: bool = True
-    ) -> str | None:
-        """Re-fetch a message to get a freshly signed URL for one of its attachments."""
-        channel = await self.channel_for(job)
-        try:
-            message = await channel.fetch_message(message_id)
-        except discord.NotFound:
-            return None
-        for attachment in message.attachments:
-            if attachment.filename == filename:
-                return attachment.proxy_url if proxy else attachment.url
-        return None
-
-    async def job_failed(self, job: Job, failure: Failure) -> None:
-        """Say why in the job's message (or in a new one if it is gone)."""
-        if job.batch_id and await self._batch_settled(job) is not None:
-            return  # the batch's grid shows the missing image
-        self._last_edit.pop(self._edit_key(job), None)
-        content = failure_content(job, failure)
-        view = retry_view(job) if failure.retryable else None
-        fields: dict[str, Any] = {"content": content, "embed": None}
-        if view is not None:
-            fields["view"] = view
-        if not await self.edit_job_message(job, **fields):
-            channel = await self.channel_for(job)
-            await channel.send(
-                content, view=view or discord.utils.MISSING, allowed_mentions=NO_MENTIONS
-            )
-
-    async def gateway_paused(self, reason: str) -> None:
-        """Tell each server's log channel (once per pause) that submissions stopped."""
-        if self.settings_repo is None:
-            return
-        text = PAUSE_NOTICES.get(reason, PAUSE_NOTICES["outage"])
-        for guild_id, channel_id in await self.settings_repo.server_values("log_channel"):
-            channel = self.client.get_channel(int(channel_id))
-            if not isinstance(channel, discord.TextChannel | discord.Thread):
-                continue
-            try:
-                await channel.send(text, allowed_mentions=NO_MENTIONS)
-            except discord.HTTPException as exc:
-                log.warning("guild %s: could not post the pause notice: %s", guild_id, exc)
-
-    # -- batches ---------------------------------------------------------------------
-
-    async def _batch_settled(self, job: Job) -> int | None:
-        """A job of a batch is done: post the grid once every job of the batch is done.
-
-        Returns the grid message's id (once posted), else None. A lock per batch makes
-        sure only one job posts it; the grid's id is stored on every job of the batch.
-        """
-        assert job.batch_id is not None
-        lock = self._batch_locks.setdefault(job.batch_id, asyncio.Lock())
-        async with lock:
-            jobs = await self.repo.batch(job.batch_id)
-            done = [j for j in jobs if j.id == job.id or j.state in SETTLED]
-            posted = next((j.result_message_id for j in jobs if j.result_message_id), None)
-            if posted is not None:
-                return posted
-            if len(done) < len(jobs):
-                return None
-            images: list[bytes | None] = []
-            for member in jobs:
-                data = None
-                if member.media_url and member.state is not JobState.FAILED:
-                    try:
-                        data = await self.download(member.media_url)
-                    except Exception as exc:
-                        log.warning(
-                            "batch %s: image of job %s lost: %r", job.batch_id, member.id, exc
-                        )
-                images.append(data)
-            if not any(images):
-                return None  # every job failed: each failure is shown as usual
-            message_id = await self._post_grid(jobs, images)
-            for member in jobs:
-                await self.repo.update(member, result_message_id=message_id)
-            self._batch_locks.pop(job.batch_id, None)
-            return message_id
-
-    async def _post_grid(self, jobs: list[Job], images: list[bytes | None]) -> int:
-        first = jobs[0]
-        share = first.filesize_limit // (len(jobs) + 2)
-        grid_data = await asyncio.to_thread(make_grid, images, share)
-        payload: list[tuple[str, bytes]] = [("grid.jpg", grid_data)]
-        tiles = []
-        for member, data in zip(jobs, images, strict=True):
-            if data is None:
-                continue
-            fitted, name = await asyncio.to_thread(
-                fit_under, data, share, f"krea-{member.id}-{member.seed}"
-            )
-            payload.append((name, fitted))
-            tiles.append((member, name))
-        embeds = [batch_embed(jobs, images, filename="grid.jpg")]
-        embeds += [tile_embed(member, name) for member, name in tiles][: 10 - len(embeds)]
-        view = batch_view(jobs, [data is not None for data in images])
-        content = f"<@{first.user_id}>'s {len(jobs)} images are ready"
-        return await self._publish(first, content, embeds, view, payload)
-
-    async def publish_open(
-        self, job: Job, interaction: discord.Interaction[Any], data: bytes
-    ) -> int:
-        """Post one image of a batch as a result of its own, in reply to ``interaction``."""
-        fitted, filename = await asyncio.to_thread(
-            fit_under, data, job.filesize_limit, f"krea-{job.id}-{job.seed}"
-        )
-        embed = result_embed(job, filename=filename, parent_url=await self._parent_url(job))
-        message = await interaction.edit_original_response(
-            content=f"Image #{(job.batch_index or 0) + 1} of the batch",
-            embed=embed,
-            attachments=_files([(filename, fitted)]),
-            view=result_view(job),
-            allowed_mentions=NO_MENTIONS,
-        )
-        await self.repo.update(job, result_message_id=message.id)
-        return message.id
-
-    # -- helpers ---------------------------------------------------------------------
-
-    async def _plain_download(self, url: str) -> bytes:
-        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=60)) as response:
-            response.raise_for_status()
-            return await response.read()
 
     async def _post(
         self,
@@ -469,6 +359,178 @@ class DiscordDelivery:
         if message_id is None:
             return None
         return jump_url(parent.guild_id, parent.channel_id, message_id)
+
+    # -- batches ---------------------------------------------------------------------
+
+    async def _batch_settled(self, job: Job, data: bytes | None) -> Published | None:
+        """A job of a batch is done (``data`` is its image, None if it failed): post the grid
+        once every job of the batch is done, with the images held until then.
+
+        Returns the grid's publication (once posted), else None. A lock per batch makes
+        sure only one job posts it.
+        """
+        assert job.batch_id is not None
+        batch_id = job.batch_id
+        lock = self._batch_locks.setdefault(batch_id, asyncio.Lock())
+        async with lock:
+            held = self._held.setdefault(batch_id, {})
+            held[job.id] = data
+            jobs = await self.repo.batch(batch_id)
+            posted = next((j.result_message_id for j in jobs if j.result_message_id), None)
+            if posted is not None:
+                self._forget_batch(batch_id)
+                return Published(posted, (job.id,)) if data is not None else None
+            if any(j.id not in held and j.state not in WITHOUT_IMAGE for j in jobs):
+                return None  # some image is still on its way
+            images = [held.get(j.id) for j in jobs]
+            if not any(images):
+                self._forget_batch(batch_id)
+                return None  # every job failed: each failure is shown as usual
+            message_id = await self._post_grid(jobs, images)
+            self._forget_batch(batch_id)
+            shown = tuple(j.id for j, image in zip(jobs, images, strict=True) if image)
+            return Published(message_id, shown)
+
+    def _forget_batch(self, batch_id: int) -> None:
+        self._held.pop(batch_id, None)
+        self._batch_locks.pop(batch_id, None)
+        self._last_edit.pop(-batch_id, None)
+
+    async def _post_grid(self, jobs: list[Job], images: list[bytes | None]) -> int:
+        first = jobs[0]
+        share = first.filesize_limit // (len(jobs) + 2)
+        grid_data = await asyncio.to_thread(make_grid, images, share)
+        payload: list[tuple[str, bytes]] = [("grid.jpg", grid_data)]
+        tiles = []
+        for member, data in zip(jobs, images, strict=True):
+            if data is None:
+                continue
+            fitted, name = await asyncio.to_thread(
+                fit_under, data, share, f"krea-{member.id}-{member.seed}"
+            )
+            payload.append((name, fitted))
+            tiles.append((member, name))
+        embeds = [batch_embed(jobs, images, filename="grid.jpg")]
+        embeds += [tile_embed(member, name) for member, name in tiles][: 10 - len(embeds)]
+        view = batch_view(jobs, [data is not None for data in images])
+        content = f"<@{first.user_id}>'s {len(jobs)} images are ready"
+        return await self._publish(first, content, embeds, view, payload)
+
+    async def publish_open(self, job: Job, interaction: discord.Interaction[Any]) -> bool:
+        """Post one image of a batch as a result of its own, in reply to ``interaction``
+        (deferred). False when the image is gone."""
+        found = await self.find_image(job)
+        if found is None:
+            return False
+        async with self.session.get(found[1].proxy_url) as response:
+            response.raise_for_status()
+            data = await response.read()
+        fitted, filename = await asyncio.to_thread(
+            fit_under, data, job.filesize_limit, f"krea-{job.id}-{job.seed}"
+        )
+        embed = result_embed(job, filename=filename, parent_url=await self._parent_url(job))
+        message = await interaction.edit_original_response(
+            content=f"Image #{(job.batch_index or 0) + 1} of the batch",
+            embed=embed,
+            attachments=_files([(filename, fitted)]),
+            view=result_view(job),
+            allowed_mentions=NO_MENTIONS,
+        )
+        await self.repo.update(job, result_message_id=message.id)
+        return True
+
+    async def delete_result(self, job: Job, message_id: int | None) -> bool:
+        """Delete a result message of ``job``; False when the bot may not delete it."""
+        if not message_id:
+            return True
+        channel = await self.channel_for(job)
+        try:
+            await channel.get_partial_message(message_id).delete()
+        except discord.NotFound:
+            pass
+        except discord.Forbidden:
+            return False
+        return True
+
+    # -- references (ReferenceSource) ------------------------------------------------
+
+    async def _reference_files(self, job: Job) -> list[tuple[str, bytes, Reference]]:
+        """Small copies of the job's reference images, to keep them re-fetchable."""
+        files = []
+        for index, reference in enumerate(job.refs):
+            try:
+                blob = await self.fetch_reference(job, reference)
+                small = await asyncio.to_thread(thumbnail, blob, REFERENCE_EDGE)
+            except Exception as exc:  # a lost reference must not lose the result
+                log.warning("job %s: could not keep reference %d: %r", job.id, index, exc)
+                continue
+            files.append((f"ref-{index + 1}.jpg", small, reference))
+        return files
+
+    async def fetch_reference(self, job: Job, reference: Reference) -> bytes:
+        """The bytes of a reference: from its message when it lives on one, else its URL."""
+        url = reference.proxy_url or reference.url
+        if reference.message_id and reference.filename:
+            url = await self.fresh_attachment_url(job, reference.message_id, reference.filename)
+        if not url:
+            raise LookupError("the reference's message is gone")
+        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=30)) as response:
+            response.raise_for_status()
+            return await response.content.read(MAX_REFERENCE_FETCH)
+
+    async def fresh_attachment_url(
+        self, job: Job, message_id: int, filename: str, *, proxy: bool = True
+    ) -> str | None:
+        """Re-fetch a message to get a freshly signed URL for one of its attachments."""
+        channel = await self.channel_for(job)
+        try:
+            message = await channel.fetch_message(message_id)
+        except discord.NotFound:
+            return None
+        for attachment in message.attachments:
+            if attachment.filename == filename:
+                return attachment.proxy_url if proxy else attachment.url
+        return None
+
+    async def fresh_url(self, job: Job, reference: Reference) -> str | None:
+        """A valid URL of a reference's kept copy (None when that message is gone)."""
+        if not reference.message_id or not reference.filename:
+            return None
+        return await self.fresh_attachment_url(
+            job, reference.message_id, reference.filename, proxy=False
+        )
+
+    async def result_reference(self, job: Job, strength: float) -> Reference | None:
+        """The job's own image as a style reference, with a freshly signed URL.
+
+        It is looked for in the result message, then in the job's own message (a batch's
+        grid keeps every image), so deleting an opened copy does not lose it.
+        """
+        found = await self.find_image(job)
+        if found is None:
+            return None
+        message_id, attachment = found
+        return Reference(
+            role="result",
+            message_id=message_id,
+            filename=attachment.filename,
+            url=attachment.url,
+            strength=strength,
+        )
+
+    async def find_image(self, job: Job) -> tuple[int, discord.Attachment] | None:
+        """The job's image, freshly signed: in its result message, else in its own message
+        (a batch's grid keeps every image). None when both are gone."""
+        channel = await self.channel_for(job)
+        for message_id in dict.fromkeys(m for m in (job.result_message_id, job.message_id) if m):
+            try:
+                message = await channel.fetch_message(message_id)
+            except discord.NotFound:
+                continue
+            for attachment in message.attachments:
+                if attachment.filename.startswith(f"krea-{job.id}-"):
+                    return message_id, attachment
+        return None
 
 
 def _files(payload: list[tuple[str, bytes]]) -> list[discord.File]:

@@ -33,4 +33,5 @@ class UserError(Exception):
         """The text the member sees."""
         if self.plain:
             return self.message
-        return f"❌ {self.message}. {self.outcome}".rstrip()
+        sentence = self.message if self.message.endswith((".", "!", "?")) else self.message + "."
+        return f"❌ {sentence} {self.outcome}".rstrip()

@@ -6,7 +6,7 @@ import math
 import re
 import uuid
 
-from bot.pixazo import InvalidRequest
+from bot.errors import UserError
 from bot.pixazo.models import (
     DEFAULT_MOODBOARD_STRENGTH,
     MAX_STYLES,
@@ -22,13 +22,13 @@ _STYLE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-/]{0,199}$")
 
 
 def parse_strength(text: str, *, low: float, high: float, what: str) -> float:
-    """A finite number within [low, high], or :class:`InvalidRequest` saying why not."""
+    """A finite number within [low, high], or :class:`UserError` saying why not."""
     try:
         value = float(text)
     except ValueError:
-        raise InvalidRequest(f"{what} strength `{text}` is not a number") from None
+        raise UserError(f"{what} strength `{text}` is not a number") from None
     if not math.isfinite(value) or not low <= value <= high:
-        raise InvalidRequest(f"{what} strength must be between {low:g} and {high:g}, not `{text}`")
+        raise UserError(f"{what} strength must be between {low:g} and {high:g}, not `{text}`")
     return value
 
 
@@ -44,7 +44,7 @@ def parse_styles(text: str | None) -> list[Style]:
         style_id, _, strength_text = item.partition(":")
         style_id = style_id.strip()
         if not _STYLE_ID.match(style_id):
-            raise InvalidRequest(
+            raise UserError(
                 f"`{style_id[:50]}` is not a valid style id (letters, digits, - _ . / only)"
             )
         strength = 1.0
@@ -54,7 +54,7 @@ def parse_styles(text: str | None) -> list[Style]:
             )
         styles.append(Style(id=style_id, strength=strength))
     if len(styles) > MAX_STYLES:
-        raise InvalidRequest(f"at most {MAX_STYLES} styles can be combined, not {len(styles)}")
+        raise UserError(f"at most {MAX_STYLES} styles can be combined, not {len(styles)}")
     return styles
 
 
@@ -66,7 +66,7 @@ def parse_moodboard(text: str | None) -> Moodboard | None:
     try:
         board_id = uuid.UUID(parts[0])
     except ValueError:
-        raise InvalidRequest(
+        raise UserError(
             f"`{parts[0][:60]}` is not a moodboard UUID "
             "(it looks like 123e4567-e89b-12d3-a456-426614174000)"
         ) from None

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from bot.pixazo import PollSchedule, StatusResponse
+from bot.pixazo import StatusResponse
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,40 @@ GOAL_MARGIN = 0.7
 #: the gateway with some jitter, and a limit counted exactly would turn a poll that left on
 #: time into a 429 (and a pause for every job).
 RATE_HEADROOM = 0.9
+
+
+@dataclass(frozen=True)
+class PollSchedule:
+    """Delays between status polls: ``first``, then growing by ``factor`` up to ``cap``."""
+
+    first: float = 2.0
+    interval: float = 1.0
+    factor: float = 1.3
+    cap: float = 5.0
+
+    def delays(self) -> Iterator[float]:
+        """An endless iterator of delays in seconds."""
+        yield self.first
+        delay = self.interval
+        while True:
+            yield delay
+            delay = min(self.cap, delay * self.factor)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with full jitter between attempts of a call that may be repeated
+    (a status poll, a download, a submit the gateway provably did not take)."""
+
+    base_delay: float = 0.5
+    max_delay: float = 20.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based); ``Retry-After`` wins."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_delay * 3)
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
 
 FIRST_QUANTILES = (0.0, 0.02, 0.05, 0.08, 0.1, 0.15, 0.2, 0.3)
 GAPS = (*(0.5 + 0.125 * step for step in range(21)), 4.0, 5.0)  # 0.5 to 3 s, 4 s, 5 s

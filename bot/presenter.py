@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import discord
 
-if TYPE_CHECKING:
-    from bot.runner import Failure, Progress
-    from bot.storage.jobs import Job
+from bot.events import Failure, Progress
+from bot.storage.jobs import Job, Reference
 
 EMBED_COLOUR = discord.Colour(0x7C5CFF)
 FAILED_COLOUR = discord.Colour(0xE5484D)
@@ -35,7 +34,7 @@ def format_elapsed(seconds: float) -> str:
 
 def progress_content(job: Job, progress: Progress, *, batch: int | None = None) -> str:
     """The job message while it runs (``batch``: how many images share it)."""
-    batch = batch if batch is not None else batch_size(job)
+    batch = batch if batch is not None else job.batch_size
     lines = {
         "queued": f"⏳ **Queued**: {progress.note or 'waiting for a free slot'}",
         "submitted": "📨 **Sent to Krea 2**: waiting for a worker",
@@ -49,14 +48,6 @@ def progress_content(job: Job, progress: Progress, *, batch: int | None = None) 
     if batch > 1:
         head += f" · {batch} images"
     return f"{head}\n{quote_prompt(job.params.prompt)}"
-
-
-def batch_size(job: Job) -> int:
-    """How many images the job's batch has (1 for a single job)."""
-    try:
-        return int(job.sources.get("count", "1"))
-    except ValueError:
-        return 1
 
 
 FAILURE_TEXT = {
@@ -164,12 +155,10 @@ def result_embed(job: Job, *, filename: str, parent_url: str | None = None) -> d
     return embed
 
 
-def reference_embed(entry: dict[str, Any], filename: str) -> discord.Embed:
+def reference_embed(reference: Reference, filename: str) -> discord.Embed:
     """A small embed showing one reference image kept with the result."""
-    role = "Avoid" if entry.get("role") == "avoid" else "Style reference"
-    embed = discord.Embed(
-        title=f"{role} ×{_strength(float(entry.get('strength', 1.0)))}", colour=EMBED_COLOUR
-    )
+    role = "Avoid" if reference.role == "avoid" else "Style reference"
+    embed = discord.Embed(title=f"{role} ×{_strength(reference.strength)}", colour=EMBED_COLOUR)
     embed.set_thumbnail(url=f"attachment://{filename}")
     return embed
 

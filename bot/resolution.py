@@ -11,10 +11,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from bot.errors import UserError
 from bot.parsing import parse_moodboard, parse_styles
 from bot.pixazo import InvalidRequest, Moodboard, Style, TextToImageRequest, build_request
 from bot.pixazo.models import MAX_STYLES
-from bot.storage.settings import GuildConfig
+from bot.storage.config import ScopedKey, ServerConfig
+from bot.storage.jobs import Reference
 
 OPTION = "option"
 PREFERENCE = "your preference"
@@ -34,7 +36,9 @@ class Inputs:
     creativity: str | None = None
     styles: str | None = None
     moodboard: str | None = None
-    references: list[dict[str, Any]] = field(default_factory=list)
+    references: list[Reference] = field(default_factory=list)
+    #: The seed was drawn at random (shown as such on the result).
+    random_seed: bool = False
 
 
 @dataclass
@@ -45,21 +49,30 @@ class Resolved:
     sources: dict[str, str]
 
 
+SCOPE_SOURCES = {"channel": CHANNEL, "server": SERVER}
+
+
 def _layered(
-    key: str, option: Any, prefs: dict[str, Any], channel: dict[str, Any], server: dict[str, Any]
+    key: ScopedKey,
+    option: Any,
+    prefs: dict[str, Any],
+    config: ServerConfig | None,
+    channel_id: int | None,
 ) -> tuple[Any, str]:
-    for value, source in (
-        (option, OPTION),
-        (prefs.get(key), PREFERENCE),
-        (channel.get(key), CHANNEL),
-        (server.get(key), SERVER),
-    ):
-        if value is not None:
-            return value, source
+    """The first value set among the option, the member's preference, the channel's and the
+    server's defaults, with its source; else the built-in value."""
+    if option is not None:
+        return option, OPTION
+    if prefs.get(key) is not None:
+        return prefs[key], PREFERENCE
+    if config is not None:
+        value, scope = config.effective(key, channel_id)
+        if scope is not None:
+            return value, SCOPE_SOURCES[scope]
     return BUILTIN_VALUES.get(key), BUILTIN
 
 
-def expand_styles(text: str | None, config: GuildConfig | None) -> list[Style]:
+def expand_styles(text: str | None, config: ServerConfig | None) -> list[Style]:
     """Style ids and preset names, comma-separated, into styles (presets expanded)."""
     if not text or not text.strip():
         return []
@@ -71,16 +84,16 @@ def expand_styles(text: str | None, config: GuildConfig | None) -> list[Style]:
         if not item:
             continue
         if item.lower() in presets:
-            styles.extend(Style.model_validate(s) for s in presets[item.lower()])
+            styles.extend(presets[item.lower()])
         else:
             styles.extend(parse_styles(item))
     if len(styles) > MAX_STYLES:
-        raise InvalidRequest(f"at most {MAX_STYLES} styles can be combined, not {len(styles)}")
+        raise UserError(f"at most {MAX_STYLES} styles can be combined, not {len(styles)}")
     return styles
 
 
 def expand_moodboard(
-    text: str | None, config: GuildConfig | None
+    text: str | None, config: ServerConfig | None
 ) -> tuple[Moodboard, str | None] | None:
     """A preset name or ``uuid[:strength]`` into a moodboard and its preset name."""
     if not text or not text.strip():
@@ -92,12 +105,12 @@ def expand_moodboard(
     key = text.strip().lower()
     if key in presets:
         name, value = presets[key]
-        return Moodboard.model_validate(value), name
+        return value, name
     first = re.split(r"[\s:]+", text.strip(), maxsplit=1)[0]
     try:
         uuid.UUID(first)
     except ValueError:
-        raise InvalidRequest(
+        raise UserError(
             f"`{first[:60]}` is neither a moodboard preset of this server nor a moodboard UUID"
         ) from None
     board = parse_moodboard(text)
@@ -107,35 +120,33 @@ def expand_moodboard(
 def resolve(
     inputs: Inputs,
     *,
-    config: GuildConfig | None,
+    config: ServerConfig | None,
     channel_id: int | None,
     prefs: dict[str, Any] | None = None,
 ) -> Resolved:
-    """The effective request for a job. Raises :class:`InvalidRequest` when it cannot be made."""
+    """The effective request for a job. Raises :class:`UserError` when it cannot be made."""
     prefs = prefs or {}
-    server = config.server if config else {}
-    channel = config.channel(channel_id) if config else {}
-    sources: dict[str, str] = {"seed": OPTION}
+    sources: dict[str, str] = {"seed": "random" if inputs.random_seed else OPTION}
 
     aspect, sources["aspect_ratio"] = _layered(
-        "aspect_ratio", inputs.aspect_ratio, prefs, channel, server
+        "aspect_ratio", inputs.aspect_ratio, prefs, config, channel_id
     )
     creativity, sources["creativity"] = _layered(
-        "creativity", inputs.creativity, prefs, channel, server
+        "creativity", inputs.creativity, prefs, config, channel_id
     )
 
     if inputs.styles:
         styles = expand_styles(inputs.styles, config)
         sources["styles"] = OPTION
     else:
-        stored, sources["styles"] = _layered("styles", None, {}, channel, server)
-        styles = [Style.model_validate(s) for s in stored or []]
+        stored, sources["styles"] = _layered("styles", None, {}, config, channel_id)
+        styles = list(stored or [])
 
     moodboards: list[Moodboard] = []
-    locked = bool(channel.get("moodboard_locked", server.get("moodboard_locked", False)))
-    default_board, board_source = _layered("moodboard", None, {}, channel, server)
+    locked = bool(config.value("moodboard_locked", channel_id)) if config else False
+    default_board, board_source = _layered("moodboard", None, {}, config, channel_id)
     if inputs.moodboard and locked and default_board is not None:
-        raise InvalidRequest(
+        raise UserError(
             "this server applies its own moodboard to every image, so the `moodboard` "
             "option cannot change it here"
         )
@@ -147,10 +158,10 @@ def resolve(
             if found[1]:
                 sources["moodboard_name"] = found[1]
     elif default_board is not None:
-        moodboards = [Moodboard(id=default_board["id"], strength=default_board["strength"])]
+        moodboards = [Moodboard(id=default_board.id, strength=default_board.strength)]
         sources["moodboards"] = board_source
-        if default_board.get("name"):
-            sources["moodboard_name"] = default_board["name"]
+        if default_board.name:
+            sources["moodboard_name"] = default_board.name
 
     prompt = inputs.prompt.strip()
     suffix = prefs.get("suffix")
@@ -158,15 +169,18 @@ def resolve(
         prompt = f"{prompt} {suffix}"
         sources["suffix"] = PREFERENCE
 
-    request = build_request(
-        prompt=prompt,
-        aspect_ratio=aspect,
-        creativity=creativity,
-        seed=inputs.seed,
-        image_style_references=[
-            {"image_url": r["url"], "strength": r["strength"]} for r in inputs.references
-        ],
-        styles=styles,
-        moodboards=moodboards,
-    )
+    try:
+        request = build_request(
+            prompt=prompt,
+            aspect_ratio=aspect,
+            creativity=creativity,
+            seed=inputs.seed,
+            image_style_references=[
+                {"image_url": r.url, "strength": r.strength} for r in inputs.references
+            ],
+            styles=styles,
+            moodboards=moodboards,
+        )
+    except InvalidRequest as exc:
+        raise UserError(exc.message) from None
     return Resolved(request, sources)

@@ -1,9 +1,10 @@
 """The job runner: turns stored jobs into results. It knows nothing of slash commands.
 
 Each job runs in its own task: wait its turn (:mod:`bot.admission`), submit (paid, never
-blindly repeated), poll under a shared rate limit, download, hand the image to a
-:class:`JobObserver` (the Discord side), and persist every transition so a restart can
-pick the job up again.
+blindly repeated), poll under a shared rate limit, download once, hand the bytes to a
+:class:`~bot.events.JobObserver` (the Discord side), and persist every transition so a
+restart can pick the job up again. All waiting lives here: the poll schedule, the shared
+pause after a 429, backoff after errors; the Pixazo client makes one request per call.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from bot.admission import BALANCE, OUTAGE, Admission, Breaker
+from bot.events import Failure, JobObserver, Progress, Published, Stage
 from bot.metrics import Metrics
 from bot.pixazo import (
     BadRequest,
@@ -29,17 +30,18 @@ from bot.pixazo import (
     PixazoClient,
     PixazoError,
     PixazoTimeout,
-    PollSchedule,
     RateLimited,
     ServerError,
     StatusResponse,
     Unauthorized,
 )
-from bot.polling import PollPlanner
+from bot.polling import Backoff, PollPlanner, PollSchedule
 from bot.ratelimit import TokenBucket
 from bot.storage.jobs import ACTIVE_STATES, Job, JobRepository, JobState
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Words in a FAILED job's error that mean the model's content filter refused it.
 SAFETY_WORDS = ("safety", "nsfw", "content", "flagged", "moderation", "policy", "inappropriate")
@@ -53,6 +55,8 @@ WAKEABLE_STATES = (JobState.SUBMITTING, JobState.SUBMITTED, JobState.PROCESSING)
 #: A waiting job's changed note is sent again on every refresh for this long: the observer
 #: rate-limits its edits and may skip a note, and it shows only what it is sent.
 QUEUE_RESEND_SECONDS = 5.0
+#: Attempts to download and post a finished image before the job fails.
+DELIVERY_ATTEMPTS = 4
 
 PAUSED_NOTES = {
     BALANCE: (
@@ -63,38 +67,12 @@ PAUSED_NOTES = {
 }
 
 
-@dataclass(frozen=True)
-class Progress:
-    """Where a running job stands, for its message."""
+class MemberLimits(Protocol):
+    """How many jobs of a member may be at the gateway at once (the fair-use service)."""
 
-    stage: str  # queued | submitted | processing | waiting | paused
-    elapsed: float = 0.0
-    note: str | None = None
-
-
-@dataclass(frozen=True)
-class Failure:
-    """Why a job did not produce an image. ``kind`` picks the wording shown to members."""
-
-    kind: str
-    detail: str = ""
-    retryable: bool = False
-
-
-class JobObserver(Protocol):
-    """What the runner tells the outside world (implemented by the Discord side)."""
-
-    async def job_progress(self, job: Job, progress: Progress) -> None:
-        """The job moved; show it (implementations rate-limit their edits)."""
-
-    async def job_result(self, job: Job, media: DownloadedMedia) -> int | None:
-        """The image exists: post it and return the id of the message that holds it."""
-
-    async def job_failed(self, job: Job, failure: Failure) -> None:
-        """The job ended without an image: say why."""
-
-    async def gateway_paused(self, reason: str) -> None:
-        """Submissions stopped (the breaker opened); tell the admins once."""
+    async def member_in_flight(self, guild_id: int | None) -> int:
+        """The in-flight limit for members of ``guild_id``."""
+        ...
 
 
 def classify_job_failure(exc: JobFailed) -> Failure:
@@ -120,6 +98,7 @@ class JobRunner:
         client: PixazoClient,
         observer: JobObserver,
         *,
+        limits: MemberLimits | None = None,
         max_concurrent: int = 20,
         polls_per_second: float = 10.0,
         job_timeout: float = 600.0,
@@ -127,10 +106,9 @@ class JobRunner:
         poll_schedule: PollSchedule | None = None,
         poll_planner: PollPlanner | None = None,
         retry_wait: float = 5.0,
-        member_limit: Callable[[Job], Awaitable[int]] | None = None,
         breaker: Breaker | None = None,
         queue_give_up: float = 6 * 3600.0,
-        webhook_url_for: Callable[[Job], str | None] | None = None,
+        webhook_url_for: Callable[[int], str] | None = None,
         webhook_poll_schedule: PollSchedule | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
@@ -141,12 +119,13 @@ class JobRunner:
         self.breaker = breaker or Breaker()
         self.admission = Admission(max_concurrent, self.breaker)
         self.polls = TokenBucket(polls_per_second)
+        self._limits = limits
         self._job_timeout = job_timeout
         self._max_download = max_download_bytes
         self._schedule = poll_schedule or PollSchedule()
         self._planner = poll_planner
         self._retry_wait = retry_wait
-        self._member_limit = member_limit
+        self._backoff = Backoff(base_delay=retry_wait / 2, max_delay=max(retry_wait, 30.0))
         self._queue_give_up = queue_give_up
         self._webhook_url_for = webhook_url_for
         self._webhook_schedule = webhook_poll_schedule or PollSchedule(30.0, 30.0, 1.0, 30.0)
@@ -155,9 +134,9 @@ class JobRunner:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._jobs: dict[int, Job] = {}
         self._wakes: dict[int, asyncio.Event] = {}
+        self._gateway_done: dict[int, datetime | None] = {}
         self._closing = False
         self._probe_task: asyncio.Task[None] | None = None
-        self._gateway_done: dict[int, datetime | None] = {}
 
     # -- public ------------------------------------------------------------------
 
@@ -174,10 +153,16 @@ class JobRunner:
         if self._tasks.get(job_id) is task:
             del self._tasks[job_id]
             self._jobs.pop(job_id, None)
+            self._wakes.pop(job_id, None)
+            self._gateway_done.pop(job_id, None)
 
     def running(self) -> int:
         """How many jobs have a task."""
         return len(self._tasks)
+
+    def position(self, job_id: int) -> int:
+        """A waiting job's 1-based place in line (0 when it is not waiting)."""
+        return self.admission.position(job_id)
 
     def wake(self, job_id: int) -> bool:
         """Poll a running job now (a webhook arrived). False when the job is not running or
@@ -190,6 +175,7 @@ class JobRunner:
 
     async def cancel(self, job: Job) -> bool:
         """Cancel a job that is still waiting in line (never sent, so never paid)."""
+        job = self._jobs.get(job.id, job)
         if job.state is not JobState.PENDING or not self.admission.withdraw(job.id):
             return False
         task = self._tasks.get(job.id)
@@ -297,7 +283,7 @@ class JobRunner:
 
     async def _wait_turn(self, job: Job) -> bool:
         """Wait in line until admitted; show the place in line while waiting."""
-        limit = await self._member_limit(job) if self._member_limit else 1_000_000
+        limit = await self._limits.member_in_flight(job.guild_id) if self._limits else 1_000_000
         waiter = self.admission.enqueue(job.id, (job.guild_id, job.user_id), limit)
         shown: tuple[str, str | None] | None = None
         changed_at = 0.0
@@ -309,13 +295,13 @@ class JobRunner:
                     kind = "balance" if self.breaker.reason == BALANCE else "gateway_down"
                     await self._fail(job, Failure(kind, "gave up waiting", True))
                     return False
-                stage, note = "paused", PAUSED_NOTES.get(self.breaker.reason or "", None)
+                progress = Progress("paused", note=PAUSED_NOTES.get(self.breaker.reason or ""))
             else:
-                stage, note = "queued", self._queue_note(job.id)
-            if shown != (stage, note):
-                shown, changed_at = (stage, note), time.monotonic()
+                progress = Progress("queued", note=self._queue_note(job.id))
+            if shown != (progress.stage, progress.note):
+                shown, changed_at = (progress.stage, progress.note), time.monotonic()
             if time.monotonic() - changed_at < QUEUE_RESEND_SECONDS:
-                await self._progress(job, Progress(stage, note=note))
+                await self._progress(job, progress)
             try:
                 await asyncio.wait_for(asyncio.shield(waiter.admitted), QUEUE_REFRESH_SECONDS)
             except TimeoutError:
@@ -348,11 +334,11 @@ class JobRunner:
 
     async def _submit(self, job: Job) -> bool:
         """Send the paid request. False when the job ended; raises _Requeue to wait again."""
-        webhook = self._webhook_url_for(job) if self._webhook_url_for else None
+        webhook = self._webhook_url_for(job.id) if self._webhook_url_for else None
         await self.polls.wait_unpaused()
         await self.repo.update(job, state=JobState.SUBMITTING)
         try:
-            accepted = await self.client.submit(job.params, webhook_url=webhook)
+            accepted = await self._timed("submit", self.client.submit(job.params, webhook))
         except InsufficientBalance:
             await self._requeue(job, BALANCE)
         except RateLimited as exc:
@@ -423,69 +409,96 @@ class JobRunner:
         log.warning("submissions paused: %s", reason)
         await self._safely(self.observer.gateway_paused(reason), job)
 
+    # -- polling -----------------------------------------------------------------
+
     async def _poll(self, job: Job) -> StatusResponse | None:
+        """Ask the job's status until it is terminal; the COMPLETED status, or None when the
+        job failed (the failure is recorded and shown)."""
         assert job.request_id is not None
         wake = self._wakes.setdefault(job.id, asyncio.Event())
         started = job.submitted_at or self._clock()
-
-        async def on_status(status: StatusResponse) -> None:
+        # The job's timeout counts from its submit (wall clock); the wait itself is measured
+        # on the monotonic clock, so a wall clock moving forward does not cut it short.
+        deadline = time.monotonic() + max(0.0, started + self._job_timeout - self._clock())
+        delays = self._poll_delays(started)
+        errors = 0
+        last_status = "pending"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                detail = f"the job was still {last_status} after {self._job_timeout:.0f} s"
+                await self._fail(job, Failure("timeout", detail, retryable=True))
+                return None
+            await self._sleep(wake, min(next(delays, 5.0), remaining))
+            await self.polls.acquire()
+            try:
+                status = await self._timed(
+                    "status", self.client.status(job.request_id, job.polling_url)
+                )
+            except RateLimited as exc:
+                # One pause for every caller; the next poll waits it out in acquire().
+                self.polls.pause(exc.retry_after or self._retry_wait)
+                await self._progress(job, self._waiting(started, "rate limited, retrying"))
+                continue
+            except (ServerError, ConnectionFailed, PixazoTimeout) as exc:
+                await self._transient(job)
+                note = "the image service is slow to answer, retrying"
+                await self._progress(job, self._waiting(started, note))
+                log.info("job %s: status poll failed (%s)", job.id, exc.message)
+                await asyncio.sleep(self._backoff.delay(errors))
+                errors += 1
+                continue
+            except PixazoError as exc:
+                await self._fail(job, Failure("gateway_down", exc.message, retryable=True))
+                return None
+            errors = 0
+            last_status = status.status
             if self.breaker.record_success():
                 self.admission.pump()  # the gateway answers again: let waiting jobs go
-            elapsed = self._clock() - started
             if status.status == "PROCESSING" and job.state is JobState.SUBMITTED:
                 await self.repo.update(job, state=JobState.PROCESSING)
-            if not status.terminal:
-                await self._progress(job, Progress(status.status.lower(), elapsed))
+            if status.status == "COMPLETED":
+                if self._planner is not None:
+                    self._planner.observe(status)
+                return status
+            if status.status in ("FAILED", "ERROR"):
+                failed = JobFailed(status.status, status.error, request_id=job.request_id)
+                await self._fail(job, classify_job_failure(failed))
+                return None
+            stage: Stage = "processing" if status.status == "PROCESSING" else "queued"
+            await self._progress(job, Progress(stage, self._clock() - started))
 
+    def _waiting(self, started: float, note: str) -> Progress:
+        return Progress("waiting", self._clock() - started, note)
+
+    @staticmethod
+    async def _sleep(wake: asyncio.Event, delay: float) -> None:
+        """Sleep ``delay`` seconds, or less if a webhook sets ``wake``."""
         try:
-            while True:
-                remaining = started + self._job_timeout - self._clock()
-                try:
-                    status = await self.client.wait(
-                        job.request_id,
-                        polling_url=job.polling_url,
-                        max_wait=max(remaining, 0.0),
-                        schedule=self._poll_delays(started),
-                        on_status=on_status,
-                        wake=wake,
-                        before_poll=self.polls.acquire,
-                    )
-                    if self._planner is not None:
-                        self._planner.observe(status)
-                    return status
-                except (RateLimited, ServerError, ConnectionFailed) as exc:
-                    if isinstance(exc, RateLimited):
-                        self.polls.pause(exc.retry_after or self._retry_wait)
-                        note = "rate limited, retrying"
-                    else:
-                        await self._transient(job)
-                        note = "the image service is slow to answer, retrying"
-                    await self._progress(job, Progress("waiting", self._clock() - started, note))
-                    await asyncio.sleep(self._retry_wait)
-        except JobFailed as exc:
-            await self._fail(job, classify_job_failure(exc))
-        except PixazoTimeout:
-            await self._fail(job, Failure("timeout", retryable=True))
-        except PixazoError as exc:
-            await self._fail(job, Failure("gateway_down", exc.message, retryable=True))
-        finally:
-            self._wakes.pop(job.id, None)
-        return None
+            await asyncio.wait_for(wake.wait(), delay)
+        except TimeoutError:
+            pass
+        wake.clear()
 
-    def _poll_delays(self, started: float) -> PollSchedule | Iterable[float]:
+    def _poll_delays(self, started: float) -> Iterator[float]:
         """Webhook mode's safety polls, else the planner's learned schedule, else the fixed one."""
         if self._webhook_url_for is not None:
-            return self._webhook_schedule
+            return self._webhook_schedule.delays()
         if self._planner is not None:
             return self._planner.delays(started)
-        return self._schedule
+        return self._schedule.delays()
+
+    # -- delivery ----------------------------------------------------------------
 
     async def _deliver(self, job: Job) -> None:
+        """Download the image once and hand it over; retry both a few times."""
         assert job.media_url is not None
-        for attempt in range(4):
+        media: DownloadedMedia | None = None
+        for attempt in range(DELIVERY_ATTEMPTS):
             try:
-                media = await self.client.download(job.media_url, max_bytes=self._max_download)
-                message_id = await self.observer.job_result(job, media)
+                if media is None:
+                    media = await self.client.download(job.media_url, max_bytes=self._max_download)
+                published = await self.observer.job_result(job, media)
             except DownloadRejected as exc:
                 await self._fail(job, Failure("download", exc.message))
                 return
@@ -495,26 +508,44 @@ class JobRunner:
                 log.warning("job %s: delivery attempt %d failed: %r", job.id, attempt + 1, exc)
                 await asyncio.sleep(min(30.0, self._retry_wait * 2**attempt))
                 continue
-            await self.repo.update(
-                job,
-                state=JobState.COMPLETED,
-                result_message_id=message_id or job.result_message_id,
-                delivered_at=self._clock(),
-            )
-            log.info(
-                "job %s: delivered in message %s (guild %s, request %s)",
-                job.id,
-                message_id,
-                job.guild_id,
-                job.request_id,
-            )
-            done_at = self._gateway_done.pop(job.id, None)
-            if self.metrics is not None and done_at is not None:
-                self.metrics.delivery_lag.observe(max(0.0, self._clock() - done_at.timestamp()))
+            if published is None:
+                log.info("job %s: image ready; waiting for the rest of its batch", job.id)
+                return
+            await self._completed(job, published)
             return
         await self._fail(job, Failure("delivery", retryable=True))
 
+    async def _completed(self, job: Job, published: Published) -> None:
+        """Record a publication: every job it shows is completed."""
+        await self.repo.complete(published.job_ids, published.message_id)
+        if job.id in published.job_ids:
+            job.state, job.result_message_id = JobState.COMPLETED, published.message_id
+        log.info(
+            "jobs %s: delivered in message %s (guild %s, request %s)",
+            ",".join(map(str, published.job_ids)),
+            published.message_id,
+            job.guild_id,
+            job.request_id,
+        )
+        done_at = self._gateway_done.pop(job.id, None)
+        if self.metrics is not None and done_at is not None:
+            self.metrics.delivery_lag.observe(max(0.0, self._clock() - done_at.timestamp()))
+
     # -- helpers -----------------------------------------------------------------
+
+    async def _timed(self, kind: str, call: Awaitable[T]) -> T:
+        """Await a gateway call and record its duration and outcome."""
+        started, status = time.monotonic(), None
+        try:
+            result = await call
+            status = 200
+            return result
+        except PixazoError as exc:
+            status = exc.status
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.gateway_call(kind, status, time.monotonic() - started)
 
     async def _fail(self, job: Job, failure: Failure) -> None:
         state = JobState.INTERRUPTED if failure.kind == "uncertain" else JobState.FAILED
@@ -529,7 +560,15 @@ class JobRunner:
         await self._notify_failure(job, failure)
 
     async def _notify_failure(self, job: Job, failure: Failure) -> None:
-        await self._safely(self.observer.job_failed(job, failure), job)
+        try:
+            published = await self.observer.job_failed(job, failure)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s: could not update its message", job.id)
+            return
+        if published is not None:
+            await self._completed(job, published)
 
     async def _progress(self, job: Job, progress: Progress) -> None:
         await self._safely(self.observer.job_progress(job, progress), job)

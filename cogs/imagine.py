@@ -1,18 +1,24 @@
-"""``/imagine``: turns a slash command into a durable generation job."""
+"""``/imagine``: turns a slash command into durable generation jobs."""
 
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.pixazo import InvalidRequest
-from bot.pixazo.models import SEED_MAX, STRENGTH_MAX, STRENGTH_MIN
-from bot.replies import refuse
+from bot.delivery import DiscordDelivery
+from bot.errors import UserError
+from bot.fair_use import MAX_BATCH
+from bot.interactions import origin_of
+from bot.job_service import JobService
+from bot.pixazo.models import SEED_MAX, STRENGTH_MAX, STRENGTH_MIN, AspectRatio
 from bot.resolution import Inputs
+from bot.settings import Settings
+from bot.storage.config import ConfigStore
+from bot.storage.jobs import Reference
 
 if TYPE_CHECKING:
     from bot.app import KreaBot
@@ -20,8 +26,6 @@ if TYPE_CHECKING:
 #: Content types accepted for reference images.
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/webp", "image/gif"})
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
-#: Largest ``count`` a server can allow.
-MAX_COUNT = 4
 #: Strength sent for the ``avoid`` attachment: pushes away from that look.
 AVOID_STRENGTH = -1.0
 
@@ -31,21 +35,21 @@ CREATIVITY_CHOICES = [
     app_commands.Choice(name="medium: balanced (default)", value="medium"),
     app_commands.Choice(name="high: highly creative drift", value="high"),
 ]
-NO_MENTIONS = discord.AllowedMentions.none()
-AspectOption = Literal["1:1", "4:3", "3:2", "16:9", "2.35:1", "4:5", "2:3", "9:16"]
 
 
-def reference_entry(attachment: discord.Attachment, strength: float, role: str) -> dict[str, Any]:
+def reference_of(attachment: discord.Attachment, strength: float, role: str) -> Reference:
     """How a reference attachment is remembered on the job."""
-    return {
-        "role": role,
-        "url": attachment.url,
-        "proxy_url": attachment.proxy_url,
-        "filename": attachment.filename,
-        "content_type": attachment.content_type,
-        "size": attachment.size,
-        "strength": strength,
-    }
+    return Reference.model_validate(
+        {
+            "role": role,
+            "url": attachment.url,
+            "proxy_url": attachment.proxy_url,
+            "filename": attachment.filename,
+            "content_type": attachment.content_type,
+            "size": attachment.size,
+            "strength": strength,
+        }
+    )
 
 
 def human_size(size: int) -> str:
@@ -63,12 +67,12 @@ def check_image(attachment: discord.Attachment, option: str, max_bytes: int) -> 
         not content_type and attachment.filename.lower().endswith(IMAGE_EXTENSIONS)
     )
     if not is_image:
-        raise InvalidRequest(
+        raise UserError(
             f"`{option}` must be a PNG, JPEG, WebP or GIF image; "
             f"`{attachment.filename[:80]}` is {content_type or 'not an image'}"
         )
     if attachment.size > max_bytes:
-        raise InvalidRequest(
+        raise UserError(
             f"`{option}` is {human_size(attachment.size)}; the limit is {human_size(max_bytes)}"
         )
 
@@ -76,8 +80,17 @@ def check_image(attachment: discord.Attachment, option: str, max_bytes: int) -> 
 class ImagineCog(commands.Cog):
     """The /imagine command."""
 
-    def __init__(self, bot: KreaBot) -> None:
-        self.bot = bot
+    def __init__(
+        self,
+        settings: Settings,
+        jobs: JobService,
+        delivery: DiscordDelivery,
+        config: ConfigStore,
+    ) -> None:
+        self.settings = settings
+        self.jobs = jobs
+        self.delivery = delivery
+        self.config = config
 
     @app_commands.command(name="imagine", description="Generate an image with Krea 2")
     @app_commands.describe(
@@ -101,7 +114,7 @@ class ImagineCog(commands.Cog):
         self,
         interaction: discord.Interaction[Any],
         prompt: app_commands.Range[str, 1, 1500],
-        aspect: AspectOption | None = None,
+        aspect: AspectRatio | None = None,
         creativity: app_commands.Choice[str] | None = None,
         seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
         reference: discord.Attachment | None = None,
@@ -112,34 +125,27 @@ class ImagineCog(commands.Cog):
         avoid: discord.Attachment | None = None,
         styles: app_commands.Range[str, 1, 1000] | None = None,
         moodboard: app_commands.Range[str, 1, 100] | None = None,
-        count: app_commands.Range[int, 1, MAX_COUNT] = 1,
+        count: app_commands.Range[int, 1, MAX_BATCH] = 1,
     ) -> None:
-        """Validate locally, acknowledge at once, then hand a durable job to the runner."""
-        settings = self.bot.settings
-        try:
-            if len(prompt) > settings.MAX_PROMPT_LENGTH:
-                raise InvalidRequest(
-                    f"the prompt is {len(prompt)} characters; the limit is "
-                    f"{settings.MAX_PROMPT_LENGTH}"
-                )
-            if not prompt.strip():
-                raise InvalidRequest("the prompt is empty")
-            refs: list[dict[str, Any]] = []
-            for option, attachment in (
-                ("reference", reference),
-                ("reference2", reference2),
-                ("reference3", reference3),
-                ("reference4", reference4),
-            ):
-                if attachment is not None:
-                    check_image(attachment, option, settings.MAX_REFERENCE_BYTES)
-                    refs.append(reference_entry(attachment, reference_strength, "reference"))
-            if avoid is not None:
-                check_image(avoid, "avoid", settings.MAX_REFERENCE_BYTES)
-                refs.append(reference_entry(avoid, AVOID_STRENGTH, "avoid"))
-        except InvalidRequest as exc:
-            await refuse(interaction, exc.message)
-            return
+        """Validate locally, acknowledge at once, then hand durable jobs to the runner."""
+        limit = self.settings.MAX_PROMPT_LENGTH
+        if len(prompt) > limit:
+            raise UserError(f"the prompt is {len(prompt)} characters; the limit is {limit}")
+        if not prompt.strip():
+            raise UserError("the prompt is empty")
+        references: list[Reference] = []
+        for option, attachment in (
+            ("reference", reference),
+            ("reference2", reference2),
+            ("reference3", reference3),
+            ("reference4", reference4),
+        ):
+            if attachment is not None:
+                check_image(attachment, option, self.settings.MAX_REFERENCE_BYTES)
+                references.append(reference_of(attachment, reference_strength, "reference"))
+        if avoid is not None:
+            check_image(avoid, "avoid", self.settings.MAX_REFERENCE_BYTES)
+            references.append(reference_of(avoid, AVOID_STRENGTH, "avoid"))
         # Acknowledge before any database or network work.
         await interaction.response.defer(thinking=True)
         inputs = Inputs(
@@ -149,29 +155,11 @@ class ImagineCog(commands.Cog):
             creativity=creativity.value if creativity else None,
             styles=styles,
             moodboard=moodboard,
-            references=refs,
+            references=references,
+            random_seed=seed is None,
         )
-        try:
-            resolved = await self.bot.resolve(interaction, inputs)
-        except InvalidRequest as exc:
-            await refuse(interaction, exc.message)
-            return
-        if seed is None:
-            resolved.sources["seed"] = "random"
-        allowed = await self.bot.count_limit(interaction.guild_id, interaction.channel_id)
-        try:
-            if count > allowed:
-                raise InvalidRequest(
-                    f"this server allows at most {allowed} image(s) per command, not {count}"
-                )
-            await self.bot.check_allowed(
-                interaction.guild_id, interaction.user.id, resolved.request.prompt, count
-            )
-        except InvalidRequest as exc:
-            await refuse(interaction, exc.message)
-            return
-        await self.bot.launch(
-            interaction, resolved.request, sources=resolved.sources, refs=refs, count=count
+        await self.jobs.imagine(
+            origin_of(interaction), inputs, self.delivery.announcer(interaction), count=count
         )
 
     @imagine.autocomplete("styles")
@@ -181,7 +169,7 @@ class ImagineCog(commands.Cog):
         """Style presets of this server, completing the last comma-separated item."""
         if interaction.guild_id is None:
             return []
-        config = await self.bot.guild_settings.guild(interaction.guild_id)
+        config = await self.config.server(interaction.guild_id)
         head, _, last = current.rpartition(",")
         prefix = f"{head}, " if head else ""
         names = [n for n in config.style_presets if last.strip().lower() in n.lower()]
@@ -197,11 +185,14 @@ class ImagineCog(commands.Cog):
         """Moodboard presets of this server."""
         if interaction.guild_id is None:
             return []
-        config = await self.bot.guild_settings.guild(interaction.guild_id)
+        config = await self.config.server(interaction.guild_id)
         names = [n for n in config.moodboard_presets if current.strip().lower() in n.lower()]
         return [app_commands.Choice(name=n, value=n) for n in names[:25]]
 
 
 async def setup(bot: KreaBot) -> None:
     """Load the cog."""
-    await bot.add_cog(ImagineCog(bot))
+    services = bot.services
+    await bot.add_cog(
+        ImagineCog(services.settings, services.job_service, services.delivery, services.config)
+    )

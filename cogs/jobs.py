@@ -10,8 +10,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.delivery import jump_url
-from bot.storage.jobs import Job, JobState
+from bot.delivery import DiscordDelivery, jump_url
+from bot.interactions import GuardedItem
+from bot.job_service import JobService
+from bot.settings import Settings
+from bot.storage.jobs import Job, JobRepository, JobState
 
 if TYPE_CHECKING:
     from bot.app import KreaBot
@@ -44,7 +47,9 @@ def job_line(job: Job, position: int = 0) -> str:
 
 
 class CancelSelect(
-    discord.ui.DynamicItem[discord.ui.Select[Any]], template=r"krea:cancel:(?P<user>[0-9]{1,20})"
+    GuardedItem,
+    discord.ui.DynamicItem[discord.ui.Select[Any]],
+    template=r"krea:cancel:(?P<user>[0-9]{1,20})",
 ):
     """Pick queued jobs of yours to cancel (they were never sent, so never paid)."""
 
@@ -72,24 +77,46 @@ class CancelSelect(
     ) -> CancelSelect:
         return cls(int(match["user"]))
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        bot: KreaBot = interaction.client
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
+        cog = interaction.client.get_cog(JobsCog.__cog_name__)
+        if not isinstance(cog, JobsCog):
+            return
         if interaction.user.id != self.user_id:
             await interaction.response.send_message("These are not your jobs.", ephemeral=True)
             return
-        cancelled, kept = [], []
-        for value in self.item.values:
-            job = await bot.jobs.get(int(value)) if value.isdigit() else None
-            if job is None or job.user_id != self.user_id:
-                continue
-            if await bot.runner.cancel(job):
-                cancelled.append(job)
-                await bot.delivery.edit_job_message(
-                    job,
-                    content=f"🚫 Cancelled by its requester (job #{job.id}); nothing was charged.",
-                )
-            else:
-                kept.append(job)
+        await cog.cancel(interaction, [int(v) for v in self.item.values if v.isdigit()])
+
+
+class JobsCog(commands.Cog):
+    """Members' view of their jobs and admins' view of the bill."""
+
+    def __init__(
+        self,
+        bot: KreaBot,
+        settings: Settings,
+        jobs: JobService,
+        store: JobRepository,
+        delivery: DiscordDelivery,
+    ) -> None:
+        self.bot = bot
+        self.settings = settings
+        self.job_service = jobs
+        self.store = store
+        self.delivery = delivery
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(CancelSelect)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(CancelSelect)
+
+    async def cancel(self, interaction: discord.Interaction[Any], job_ids: list[int]) -> None:
+        """Cancel queued jobs of the member and say which could not be."""
+        cancelled, kept = await self.job_service.cancel(job_ids, interaction.user.id)
+        for job in cancelled:
+            await self.delivery.edit_job_message(
+                job, content=f"🚫 Cancelled by its requester (job #{job.id}); nothing was charged."
+            )
         parts = []
         if cancelled:
             parts.append("Cancelled " + ", ".join(f"#{j.id}" for j in cancelled) + ".")
@@ -102,36 +129,22 @@ class CancelSelect(
             " ".join(parts) or "Nothing to cancel.", ephemeral=True
         )
 
-
-class JobsCog(commands.Cog):
-    """Members' view of their jobs and admins' view of the bill."""
-
-    def __init__(self, bot: KreaBot) -> None:
-        self.bot = bot
-
-    async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(CancelSelect)
-
-    async def cog_unload(self) -> None:
-        self.bot.remove_dynamic_items(CancelSelect)
-
     @app_commands.command(name="jobs", description="Your running, queued and recent images")
     @app_commands.guild_only()
     async def jobs(self, interaction: discord.Interaction[Any]) -> None:
         """List a member's jobs with jump links; queued ones can be cancelled."""
-        recent = await self.bot.jobs.for_member(interaction.guild_id, interaction.user.id, 25)
-        queued = sorted((j for j in recent if j.state is JobState.PENDING), key=lambda j: j.id)
-        running = [j for j in recent if j.state in RUNNING]
-        done = [j for j in recent if j.state not in RUNNING and j.state is not JobState.PENDING][
-            :10
-        ]
+        recent = await self.job_service.member_jobs(interaction.guild_id, interaction.user.id)
+        positions = {job.id: position for job, position in recent}
+        jobs = [job for job, _ in recent]
+        queued = sorted((j for j in jobs if j.state is JobState.PENDING), key=lambda j: j.id)
+        running = [j for j in jobs if j.state in RUNNING]
+        done = [j for j in jobs if j.state not in RUNNING and j.state is not JobState.PENDING][:10]
         sections = []
         if running:
             sections.append("**Running**\n" + "\n".join(job_line(j) for j in running))
         if queued:
             sections.append(
-                "**Queued**\n"
-                + "\n".join(job_line(j, self.bot.runner.admission.position(j.id)) for j in queued)
+                "**Queued**\n" + "\n".join(job_line(j, positions[j.id]) for j in queued)
             )
         if done:
             sections.append("**Recent**\n" + "\n".join(job_line(j) for j in done))
@@ -160,10 +173,10 @@ class JobsCog(commands.Cog):
             )
             return
         assert interaction.guild_id is not None
-        now = self.bot.clock()
+        now = self.store.clock()
         since = now // 86_400 * 86_400 - (PERIODS[period] - 1) * 86_400
-        rows = await self.bot.jobs.usage(interaction.guild_id, since)
-        price = self.bot.settings.PRICE_PER_IMAGE
+        rows = await self.store.usage(interaction.guild_id, since)
+        price = self.settings.PRICE_PER_IMAGE
         per_member: dict[int, list[int]] = defaultdict(lambda: [0, 0, 0])
         per_day: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         for row in rows:
@@ -200,4 +213,7 @@ class JobsCog(commands.Cog):
 
 async def setup(bot: KreaBot) -> None:
     """Load the cog."""
-    await bot.add_cog(JobsCog(bot))
+    services = bot.services
+    await bot.add_cog(
+        JobsCog(bot, services.settings, services.job_service, services.jobs, services.delivery)
+    )

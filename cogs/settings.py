@@ -2,37 +2,48 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.errors import NOTHING_CHANGED, UserError
+from bot.fair_use import MAX_BATCH, FairUse
 from bot.moderation import describe, make_entry
 from bot.parsing import parse_strength
 from bot.pixazo import InvalidRequest, Moodboard
 from bot.pixazo.models import (
     MOODBOARD_STRENGTH_MAX,
     MOODBOARD_STRENGTH_MIN,
+    AspectRatio,
+    Creativity,
 )
 from bot.resolution import expand_moodboard, expand_styles
-from bot.storage.settings import SERVER, GuildConfig
+from bot.storage.config import SERVER, ConfigStore, ScopedKey, ServerConfig
 
 if TYPE_CHECKING:
     from bot.app import KreaBot
 
 NO_MENTIONS = discord.AllowedMentions.none()
 Scope = Literal["server", "channel"]
-AspectChoice = Literal["1:1", "4:3", "3:2", "16:9", "2.35:1", "4:5", "2:3", "9:16"]
-CreativityChoice = Literal["raw", "low", "medium", "high"]
 PRESET_NAME = re.compile(r"^[\w][\w \-]{0,31}$")
-#: Largest batch a server can allow (the /imagine ``count`` option's maximum).
-COUNT_LIMIT = 4
 
 
 class NotAllowed(app_commands.CheckFailure):
     """The member may not change settings here."""
+
+
+@contextlib.contextmanager
+def unchanged() -> Iterator[None]:
+    """Refusals inside the block end as "… Nothing changed." (nothing was stored)."""
+    try:
+        yield
+    except (UserError, InvalidRequest) as exc:
+        raise UserError(exc.message, outcome=NOTHING_CHANGED) from None
 
 
 async def can_manage(interaction: discord.Interaction[Any]) -> bool:
@@ -55,25 +66,20 @@ def _where(interaction: discord.Interaction[Any], scope: str) -> str:
     return f"<#{interaction.channel_id}>" if scope == "channel" else "this server"
 
 
-def describe_config(config: GuildConfig, channel_id: int | None) -> str:
+def describe_config(config: ServerConfig, channel_id: int | None) -> str:
     """A readable summary of the effective defaults in a channel."""
-    server = config.server
-    channel = config.channel(channel_id)
     lines = []
 
-    def fmt(key: str, render: Any) -> None:
+    def fmt(key: ScopedKey, render: Any) -> None:
         label = key.replace("_", " ")
-        if key in channel:
-            lines.append(f"**{label}**: {render(channel[key])} (this channel)")
-        elif key in server:
-            lines.append(f"**{label}**: {render(server[key])} (server)")
+        value, scope = config.effective(key, channel_id)
+        if scope is not None:
+            where = "this channel" if scope == "channel" else "server"
+            lines.append(f"**{label}**: {render(value)} ({where})")
 
-    fmt(
-        "moodboard",
-        lambda b: f"{b.get('name') or '`' + b['id'] + '`'} ×{b['strength']:g}",
-    )
+    fmt("moodboard", lambda b: f"{b.name or '`' + b.id + '`'} ×{b.strength:g}")
     fmt("moodboard_locked", lambda v: "members cannot change it" if v else "members may change it")
-    fmt("styles", lambda styles: ", ".join(f"`{s['id']}` ×{s['strength']:g}" for s in styles))
+    fmt("styles", lambda styles: ", ".join(f"`{s.id}` ×{s.strength:g}" for s in styles))
     fmt("creativity", str)
     fmt("aspect_ratio", str)
     fmt("count_max", str)
@@ -120,8 +126,9 @@ class SettingsCog(commands.Cog):
         name="logchannel", description="Where kreabot tells admins about trouble", parent=settings
     )
 
-    def __init__(self, bot: KreaBot) -> None:
-        self.bot = bot
+    def __init__(self, store: ConfigStore, fair_use: FairUse) -> None:
+        self.store = store
+        self.fair_use = fair_use
 
     async def _reply(self, interaction: discord.Interaction[Any], text: str) -> None:
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
@@ -130,7 +137,7 @@ class SettingsCog(commands.Cog):
         self, interaction: discord.Interaction[Any], scope: str, key: str, value: Any
     ) -> None:
         assert interaction.guild_id is not None
-        await self.bot.guild_settings.set(
+        await self.store.set(
             interaction.guild_id,
             _channel_key(interaction, scope),
             key,
@@ -138,19 +145,11 @@ class SettingsCog(commands.Cog):
             by=interaction.user.id,
         )
 
-    async def _clear(self, interaction: discord.Interaction[Any], scope: str, *keys: str) -> bool:
-        assert interaction.guild_id is not None
-        cleared = False
-        for key in keys:
-            cleared |= await self.bot.guild_settings.clear(
-                interaction.guild_id, _channel_key(interaction, scope), key
-            )
-        return cleared
-
     async def _cleared(
         self, interaction: discord.Interaction[Any], scope: str, what: str, *keys: str
     ) -> None:
-        if await self._clear(interaction, scope, *keys):
+        assert interaction.guild_id is not None
+        if await self.store.clear(interaction.guild_id, _channel_key(interaction, scope), *keys):
             await self._reply(
                 interaction, f"✅ Cleared the default {what} for {_where(interaction, scope)}."
             )
@@ -165,7 +164,7 @@ class SettingsCog(commands.Cog):
     async def show(self, interaction: discord.Interaction[Any]) -> None:
         """Readable by anyone."""
         assert interaction.guild_id is not None
-        config = await self.bot.guild_settings.guild(interaction.guild_id)
+        config = await self.store.server(interaction.guild_id)
         await self._reply(interaction, describe_config(config, interaction.channel_id))
 
     # -- moodboard -------------------------------------------------------------------
@@ -187,8 +186,8 @@ class SettingsCog(commands.Cog):
         lock: bool = False,
     ) -> None:
         assert interaction.guild_id is not None
-        config = await self.bot.guild_settings.guild(interaction.guild_id)
-        try:
+        config = await self.store.server(interaction.guild_id)
+        with unchanged():
             found = expand_moodboard(moodboard, config)
             assert found is not None
             board, name = found
@@ -200,9 +199,6 @@ class SettingsCog(commands.Cog):
                     what="moodboard",
                 )
                 board = Moodboard(id=board.id, strength=value)
-        except InvalidRequest as exc:
-            await self._reply(interaction, f"❌ {exc.message}. Nothing changed.")
-            return
         stored = {"id": str(board.id), "strength": board.strength, "name": name}
         await self._set(interaction, scope, "moodboard", stored)
         await self._set(interaction, scope, "moodboard_locked", lock)
@@ -235,12 +231,9 @@ class SettingsCog(commands.Cog):
         scope: Scope = "server",
     ) -> None:
         assert interaction.guild_id is not None
-        config = await self.bot.guild_settings.guild(interaction.guild_id)
-        try:
+        config = await self.store.server(interaction.guild_id)
+        with unchanged():
             parsed = expand_styles(styles, config)
-        except InvalidRequest as exc:
-            await self._reply(interaction, f"❌ {exc.message}. Nothing changed.")
-            return
         value = [{"id": s.id, "strength": s.strength} for s in parsed]
         await self._set(interaction, scope, "styles", value)
         listed = ", ".join(f"`{s.id}` ×{s.strength:g}" for s in parsed)
@@ -262,7 +255,7 @@ class SettingsCog(commands.Cog):
     async def creativity_set(
         self,
         interaction: discord.Interaction[Any],
-        value: CreativityChoice,
+        value: Creativity,
         scope: Scope = "server",
     ) -> None:
         await self._set(interaction, scope, "creativity", value)
@@ -280,7 +273,7 @@ class SettingsCog(commands.Cog):
     @aspect.command(name="set", description="Default aspect ratio")
     @app_commands.check(can_manage)
     async def aspect_set(
-        self, interaction: discord.Interaction[Any], value: AspectChoice, scope: Scope = "server"
+        self, interaction: discord.Interaction[Any], value: AspectRatio, scope: Scope = "server"
     ) -> None:
         await self._set(interaction, scope, "aspect_ratio", value)
         await self._reply(
@@ -299,7 +292,7 @@ class SettingsCog(commands.Cog):
     async def count_max_set(
         self,
         interaction: discord.Interaction[Any],
-        value: app_commands.Range[int, 1, COUNT_LIMIT],
+        value: app_commands.Range[int, 1, MAX_BATCH],
         scope: Scope = "server",
     ) -> None:
         await self._set(interaction, scope, "count_max", value)
@@ -354,25 +347,20 @@ class SettingsCog(commands.Cog):
         assert interaction.guild_id is not None
         name = name.strip()
         if not PRESET_NAME.match(name):
-            await self._reply(
-                interaction,
-                "❌ Preset names use letters, digits, spaces, - and _. Nothing changed.",
+            raise UserError(
+                "Preset names use letters, digits, spaces, - and _", outcome=NOTHING_CHANGED
             )
-            return
-        try:
+        with unchanged():
             if kind == "styles":
                 parsed_styles = expand_styles(value, None)
                 if not parsed_styles:
-                    raise InvalidRequest("give at least one style id")
+                    raise UserError("give at least one style id")
                 stored: Any = [{"id": s.id, "strength": s.strength} for s in parsed_styles]
             else:
                 found = expand_moodboard(value, None)
                 assert found is not None
                 stored = {"id": str(found[0].id), "strength": found[0].strength}
-        except InvalidRequest as exc:
-            await self._reply(interaction, f"❌ {exc.message}. Nothing changed.")
-            return
-        await self.bot.guild_settings.add_preset(
+        await self.store.add_preset(
             interaction.guild_id,
             "style" if kind == "styles" else "moodboard",
             name,
@@ -390,7 +378,7 @@ class SettingsCog(commands.Cog):
         kind: Literal["styles", "moodboard"],
     ) -> None:
         assert interaction.guild_id is not None
-        removed = await self.bot.guild_settings.remove_preset(
+        removed = await self.store.remove_preset(
             interaction.guild_id, "style" if kind == "styles" else "moodboard", name.strip()
         )
         await self._reply(
@@ -403,12 +391,12 @@ class SettingsCog(commands.Cog):
     @preset.command(name="list", description="The presets of this server")
     async def preset_list(self, interaction: discord.Interaction[Any]) -> None:
         assert interaction.guild_id is not None
-        config = await self.bot.guild_settings.guild(interaction.guild_id)
+        config = await self.store.server(interaction.guild_id)
         lines = [
-            f"**{name}** (styles): " + ", ".join(f"`{s['id']}` ×{s['strength']:g}" for s in styles)
+            f"**{name}** (styles): " + ", ".join(f"`{s.id}` ×{s.strength:g}" for s in styles)
             for name, styles in config.style_presets.items()
         ] + [
-            f"**{name}** (moodboard): `{board['id']}` ×{board['strength']:g}"
+            f"**{name}** (moodboard): `{board.id}` ×{board.strength:g}"
             for name, board in config.moodboard_presets.items()
         ]
         await self._reply(interaction, "\n".join(lines)[:1900] or "No presets yet.")
@@ -432,30 +420,28 @@ class SettingsCog(commands.Cog):
         reset: bool = False,
     ) -> None:
         assert interaction.guild_id is not None
-        store = self.bot.guild_settings
-        config = await store.guild(interaction.guild_id)
-        current = {} if reset else dict(config.server.get("limits", {}))
-        for key, value in (
-            ("member_in_flight", member_in_flight),
-            ("member_daily", member_daily),
-            ("server_daily", server_daily),
-        ):
-            if value is not None:
-                current[key] = value
-        if reset:
-            await store.clear(interaction.guild_id, SERVER, "limits")
-        elif current:
-            await store.set(interaction.guild_id, SERVER, "limits", current, by=interaction.user.id)
-        effective = await self.bot.limits(interaction.guild_id)
+        changes = {
+            key: value
+            for key, value in (
+                ("member_in_flight", member_in_flight),
+                ("member_daily", member_daily),
+                ("server_daily", server_daily),
+            )
+            if value is not None
+        }
+        await self.store.set_limits(
+            interaction.guild_id, changes, reset=reset, by=interaction.user.id
+        )
+        effective = await self.fair_use.limits(interaction.guild_id)
 
         def show(value: int) -> str:
             return str(value) if value else "no limit"
 
         await self._reply(
             interaction,
-            f"Limits here: {effective['member_in_flight']} image(s) per member at once, "
-            f"{show(effective['member_daily'])} per member per day, "
-            f"{show(effective['server_daily'])} per server per day.",
+            f"Limits here: {effective.member_in_flight} image(s) per member at once, "
+            f"{show(effective.member_daily)} per member per day, "
+            f"{show(effective.server_daily)} per server per day.",
         )
 
     @blocklist.command(
@@ -466,16 +452,9 @@ class SettingsCog(commands.Cog):
         self, interaction: discord.Interaction[Any], entry: app_commands.Range[str, 1, 200]
     ) -> None:
         assert interaction.guild_id is not None
-        try:
+        with unchanged():
             item = make_entry(entry)
-        except InvalidRequest as exc:
-            await self._reply(interaction, f"❌ {exc.message}. Nothing changed.")
-            return
-        config = await self.bot.guild_settings.guild(interaction.guild_id)
-        entries = [e for e in config.server.get("blocklist", []) if e != item] + [item]
-        await self.bot.guild_settings.set(
-            interaction.guild_id, SERVER, "blocklist", entries, by=interaction.user.id
-        )
+        await self.store.add_block(interaction.guild_id, item, by=interaction.user.id)
         await self._reply(interaction, f"✅ Prompts matching `{describe(item)}` are refused now.")
 
     @blocklist.command(name="remove", description="Allow a blocked entry again")
@@ -484,25 +463,23 @@ class SettingsCog(commands.Cog):
         self, interaction: discord.Interaction[Any], entry: app_commands.Range[str, 1, 200]
     ) -> None:
         assert interaction.guild_id is not None
-        config = await self.bot.guild_settings.guild(interaction.guild_id)
-        entries = config.server.get("blocklist", [])
-        kept = [
-            e for e in entries if describe(e) != entry.strip() and e.get("value") != entry.strip()
-        ]
-        if len(kept) == len(entries):
+        text = entry.strip()
+        removed = await self.store.remove_block(
+            interaction.guild_id,
+            lambda e: describe(e) == text or e.get("value") == text,
+            by=interaction.user.id,
+        )
+        if not removed:
             await self._reply(interaction, f"❌ `{entry[:80]}` is not on the blocklist.")
             return
-        await self.bot.guild_settings.set(
-            interaction.guild_id, SERVER, "blocklist", kept, by=interaction.user.id
-        )
         await self._reply(interaction, f"✅ Removed `{entry[:80]}` from the blocklist.")
 
     @blocklist.command(name="list", description="The blocked words and patterns")
     @app_commands.check(can_manage)
     async def blocklist_list(self, interaction: discord.Interaction[Any]) -> None:
         assert interaction.guild_id is not None
-        config = await self.bot.guild_settings.guild(interaction.guild_id)
-        entries = [f"`{describe(e)}`" for e in config.server.get("blocklist", [])]
+        config = await self.store.server(interaction.guild_id)
+        entries = [f"`{describe(e)}`" for e in config.blocklist]
         await self._reply(
             interaction,
             ("Blocked: " + ", ".join(entries))[:1900] if entries else "Nothing is blocked.",
@@ -514,7 +491,7 @@ class SettingsCog(commands.Cog):
         self, interaction: discord.Interaction[Any], channel: discord.TextChannel
     ) -> None:
         assert interaction.guild_id is not None
-        await self.bot.guild_settings.set(
+        await self.store.set(
             interaction.guild_id, SERVER, "log_channel", channel.id, by=interaction.user.id
         )
         await self._reply(interaction, f"✅ kreabot will report trouble in {channel.mention}.")
@@ -537,14 +514,14 @@ class SettingsCog(commands.Cog):
     async def prefer(
         self,
         interaction: discord.Interaction[Any],
-        aspect: AspectChoice | None = None,
-        creativity: CreativityChoice | None = None,
+        aspect: AspectRatio | None = None,
+        creativity: Creativity | None = None,
         suffix: app_commands.Range[str, 1, 200] | None = None,
         clear: bool = False,
     ) -> None:
         """Set, show or clear a member's defaults."""
         assert interaction.guild_id is not None
-        store = self.bot.guild_settings
+        store = self.store
         guild_id, user_id = interaction.guild_id, interaction.user.id
         if clear:
             for key in ("aspect_ratio", "creativity", "suffix"):
@@ -563,4 +540,4 @@ class SettingsCog(commands.Cog):
 
 async def setup(bot: KreaBot) -> None:
     """Load the cog."""
-    await bot.add_cog(SettingsCog(bot))
+    await bot.add_cog(SettingsCog(bot.services.config, bot.services.fair_use))

@@ -31,7 +31,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.config import Settings
+from bot.settings import Settings
 from fake_pixazo import FakePixazo
 from fake_pixazo.__main__ import build_parser as fake_pixazo_parser
 from tests.fake_discord import FakeDiscord
@@ -188,7 +188,7 @@ async def test_check_with_good_settings_prints_the_invite_url(tmp_path: Path) ->
         assert code == 0, output
         app_id = discord_fake.application_id
         lines = output.splitlines()
-        assert lines[0] == (f"ok    database {tmp_path / 'kreabot.sqlite3'} (schema version 3)"), (
+        assert lines[0] == (f"ok    database {tmp_path / 'kreabot.sqlite3'} (schema version 4)"), (
             output
         )
         assert lines[1] == f"ok    Pixazo key accepted by {pixazo.base_url}"
@@ -448,7 +448,7 @@ async def test_the_image_healthcheck_passes_only_when_the_bot_is_healthy(world: 
     port = free_port()
     async with world.bot(HTTP_PORT=port, HTTP_HOST="127.0.0.1") as bot:
         assert await run_healthcheck(port) == 0
-        await bot.db.close()  # the database is gone: /healthz answers 503
+        await bot.services.db.close()  # the database is gone: /healthz answers 503
         assert await run_healthcheck(port) != 0
     assert await run_healthcheck(port) != 0  # nothing listens any more
 

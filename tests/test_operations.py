@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import bot.app
+from bot.storage.config import Defaults
 from tests.support.bot_process import BotProcess
 from tests.support.checks import assert_no_traceback, bot_messages, job_rows
 from tests.support.scenes import DAY, reply_text
@@ -213,43 +214,45 @@ async def test_removal_deletes_settings_at_once_and_history_after_retention(
     gone = world.guild
     async with world.bot(RETENTION_DAYS=30) as kreabot:
         for guild in (gone, other):
-            await kreabot.guild_settings.set(guild.id, 0, "aspect", "16:9", by=guild.admin.id)
-            await kreabot.guild_settings.set_pref(guild.id, guild.member.id, "creativity", "high")
+            await kreabot.services.config.set(guild.id, 0, "aspect", "16:9", by=guild.admin.id)
+            await kreabot.services.config.set_pref(guild.id, guild.member.id, "creativity", "high")
             handle = await world.discord.slash("imagine", {"prompt": PROMPT}, guild=guild)
             await handle.wait_for_response()
             await world.result_of(handle)
-        await kreabot.runner.join()
+        await kreabot.services.runner.join()
 
         await world.discord.remove_guild(gone)
         await eventually(lambda: f"removed:{gone.id}" in meta(world.db_path), 5.0, "removal")
 
         assert settings_rows(world.db_path, gone.id) == 0  # at once
-        assert (await kreabot.guild_settings.guild(gone.id)).server == {}  # cache too
+        assert (await kreabot.services.config.server(gone.id)).server == Defaults()  # cache too
         assert settings_rows(world.db_path, other.id) == 2
-        assert await kreabot.prune_removed_guilds() == 0  # history kept for now
+        assert (
+            await kreabot.services.maintenance.prune_removed_servers() == 0
+        )  # history kept for now
 
         world.advance(29 * DAY)
-        assert await kreabot.prune_removed_guilds() == 0
+        assert await kreabot.services.maintenance.prune_removed_servers() == 0
         assert {r["guild_id"] for r in job_rows(world.db_path)} == {gone.id, other.id}
 
         world.advance(1 * DAY + 60)
-        assert await kreabot.prune_removed_guilds() == 1
+        assert await kreabot.services.maintenance.prune_removed_servers() == 1
         assert [r["guild_id"] for r in job_rows(world.db_path)] == [other.id]
         assert f"removed:{gone.id}" not in meta(world.db_path)
-        assert await kreabot.prune_removed_guilds() == 0
+        assert await kreabot.services.maintenance.prune_removed_servers() == 0
 
 
 async def test_a_server_that_added_the_bot_back_keeps_its_history(world: World) -> None:
     async with world.bot(RETENTION_DAYS=1) as kreabot:
         handle = await world.imagine(prompt=PROMPT)
         await world.result_of(handle)
-        await kreabot.runner.join()
+        await kreabot.services.runner.join()
         # Removed, then added back: the mark is there but the bot is in the server again.
         guild = kreabot.get_guild(world.guild.id)
         assert guild is not None
         await kreabot.on_guild_remove(guild)
         world.advance(2 * DAY)
 
-        assert await kreabot.prune_removed_guilds() == 0
+        assert await kreabot.services.maintenance.prune_removed_servers() == 0
         assert len(job_rows(world.db_path)) == 1
         assert not [k for k in meta(world.db_path) if k.startswith("removed:")]

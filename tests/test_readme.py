@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Settings
+from bot.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 

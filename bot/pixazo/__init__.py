@@ -1,6 +1,6 @@
 """The Pixazo Krea 2 Large client: models, errors and an async client. No Discord here."""
 
-from .client import DownloadedMedia, PixazoClient, PollSchedule, RetryPolicy
+from .client import DownloadedMedia, PixazoClient
 from .errors import (
     BadRequest,
     ConnectionFailed,
@@ -48,9 +48,7 @@ __all__ = [
     "PixazoClient",
     "PixazoError",
     "PixazoTimeout",
-    "PollSchedule",
     "RateLimited",
-    "RetryPolicy",
     "ServerError",
     "StatusResponse",
     "Style",

@@ -1,13 +1,19 @@
-"""An async client for the Pixazo Krea 2 Large API. It knows nothing of Discord."""
+"""An async client for the Pixazo Krea 2 Large API. It knows nothing of Discord.
+
+It is an API client and nothing else: :meth:`PixazoClient.submit`, :meth:`~PixazoClient.status`
+and :meth:`~PixazoClient.download` each make exactly one HTTP request, over one request path
+(:meth:`PixazoClient._request`) with one error map (:meth:`PixazoClient._raise_for_status`).
+It never sleeps and never retries: every error says whether the request provably was not
+taken (:attr:`~bot.pixazo.errors.PixazoError.not_taken`), and the caller (the job runner)
+decides what to try again and when.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import io
 import logging
-import random
-import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,9 +26,7 @@ from .errors import (
     ConnectionFailed,
     DownloadRejected,
     InsufficientBalance,
-    JobFailed,
     NotFound,
-    PixazoError,
     PixazoTimeout,
     RateLimited,
     ServerError,
@@ -37,39 +41,6 @@ SUBMIT_PATH = "/krea-2-large-text-to-image/v1/krea-2-large-text-to-image-request
 STATUS_PATH = "/v2/requests/status/{request_id}"
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
 DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff with full jitter for calls that are safe to repeat."""
-
-    attempts: int = 5
-    base_delay: float = 0.5
-    max_delay: float = 20.0
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to sleep before retry number ``attempt`` (0-based)."""
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), self.max_delay * 3)
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
-
-
-@dataclass(frozen=True)
-class PollSchedule:
-    """Delays between status polls: ``first``, then growing by ``factor`` up to ``cap``."""
-
-    first: float = 2.0
-    interval: float = 1.0
-    factor: float = 1.3
-    cap: float = 5.0
-
-    def delays(self) -> Iterator[float]:
-        """An endless iterator of delays in seconds."""
-        yield self.first
-        delay = self.interval
-        while True:
-            yield delay
-            delay = min(self.cap, delay * self.factor)
 
 
 @dataclass(frozen=True)
@@ -92,10 +63,10 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 class PixazoClient:
-    """Submits Krea 2 Large jobs, polls their status and downloads results.
+    """Submits Krea 2 Large jobs, asks their status and downloads results; one request each.
 
-    The aiohttp session is injected and owned by the caller. The API key is sent
-    only to the configured gateway origin.
+    The aiohttp session is injected and owned by the caller. The API key is sent only to
+    the configured gateway origin.
     """
 
     def __init__(
@@ -104,34 +75,21 @@ class PixazoClient:
         api_key: str,
         *,
         base_url: str = DEFAULT_BASE_URL,
-        retry: RetryPolicy | None = None,
         request_timeout: float = 30.0,
         submit_timeout: float = 60.0,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._session = session
         self._api_key = api_key
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         self._origin = (parts.scheme, parts.netloc)
-        self._retry = retry or RetryPolicy()
         self._request_timeout = aiohttp.ClientTimeout(total=request_timeout, connect=10)
         self._submit_timeout = aiohttp.ClientTimeout(total=submit_timeout, connect=10)
-        self._sleep = sleep
-        self._polling_urls: dict[str, str] = {}
-        #: Called after every submit and status call with (kind, HTTP status or None, seconds).
-        self.on_call: Callable[[str, int | None, float], None] | None = None
-        #: Called on every 429 with its Retry-After (so every caller can slow down together).
-        self.on_rate_limited: Callable[[float | None], None] | None = None
-
-    def _record(self, kind: str, status: int | None, started: float) -> None:
-        if self.on_call is not None:
-            self.on_call(kind, status, time.monotonic() - started)
 
     def __repr__(self) -> str:
         return f"PixazoClient(base_url={self.base_url!r})"
 
-    # -- helpers -----------------------------------------------------------------
+    # -- the one request path ----------------------------------------------------------
 
     def _headers(self) -> dict[str, str]:
         return {
@@ -144,12 +102,38 @@ class PixazoClient:
         parts = urlsplit(url)
         return (parts.scheme, parts.netloc) == self._origin
 
-    def status_url(self, request_id: str, polling_url: str | None = None) -> str:
-        """The URL to poll: the gateway's polling_url when it is on the gateway's origin."""
-        url = polling_url or self._polling_urls.get(request_id)
-        if url and self._same_origin(url):
-            return url
-        return self.base_url + STATUS_PATH.format(request_id=request_id)
+    @contextlib.asynccontextmanager
+    async def _request(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        time_limit: aiohttp.ClientTimeout,
+        headers: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one request and hand over its (successful) response; every failure becomes
+        a :class:`~bot.pixazo.errors.PixazoError` the same way, whoever reads the body."""
+        try:
+            async with self._session.request(
+                method, url, json=body, headers=headers, timeout=time_limit
+            ) as response:
+                await self._raise_for_status(response)
+                yield response
+        except aiohttp.ClientConnectorError as exc:
+            # The connection was never made: not a byte of the request left.
+            raise ConnectionFailed(f"cannot connect to {what}: {exc}", sent=False) from exc
+        except TimeoutError as exc:
+            raise PixazoTimeout(f"{what} did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise ConnectionFailed(f"the connection to {what} failed: {exc}", sent=True) from exc
+
+    async def _read_json(self, response: aiohttp.ClientResponse, what: str) -> Any:
+        try:
+            return await response.json(content_type=None)
+        except ValueError as exc:
+            raise UnexpectedResponse(f"{what}: the answer is not JSON") from exc
 
     @staticmethod
     async def _error_text(response: aiohttp.ClientResponse) -> str:
@@ -165,6 +149,7 @@ class PixazoClient:
         return str(body)[:300]
 
     async def _raise_for_status(self, response: aiohttp.ClientResponse) -> None:
+        """The one error map: an HTTP status to a typed error."""
         status = response.status
         if status < 400:
             return
@@ -184,210 +169,88 @@ class PixazoClient:
             raise NotFound(text, status=status)
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            if self.on_rate_limited is not None:
-                self.on_rate_limited(retry_after)
             raise RateLimited(text or "Too Many Requests", retry_after=retry_after)
         if status >= 500:
             raise ServerError(f"gateway error {status}: {text}", status=status)
         raise UnexpectedResponse(f"unexpected status {status}: {text}", status=status)
 
-    async def _with_retries(self, call: Callable[[], Awaitable[Any]], what: str) -> Any:
-        attempt = 0
-        while True:
-            try:
-                return await call()
-            except (RateLimited, ServerError, ConnectionFailed, PixazoTimeout) as exc:
-                if attempt + 1 >= self._retry.attempts:
-                    raise
-                retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
-                delay = self._retry.delay(attempt, retry_after)
-                log.info("%s failed (%s); retrying in %.2fs", what, exc.message, delay)
-                await self._sleep(delay)
-                attempt += 1
-
-    # -- the API -----------------------------------------------------------------
+    # -- the API -----------------------------------------------------------------------
 
     async def submit(
         self, request: TextToImageRequest, webhook_url: str | None = None
     ) -> SubmitResponse:
-        """Send a generate request. Paid: retried only when the gateway surely did not take it."""
+        """Send a generate request (paid). One attempt: the caller decides on retries."""
         headers = self._headers()
         if webhook_url:
             headers["X-Webhook-URL"] = webhook_url
-        body = request.to_body()
-        url = self.base_url + SUBMIT_PATH
-
-        async def once() -> SubmitResponse:
-            started, status = time.monotonic(), None
-            try:
-                async with self._session.post(
-                    url, json=body, headers=headers, timeout=self._submit_timeout
-                ) as response:
-                    status = response.status
-                    await self._raise_for_status(response)
-                    if response.status != 202 and response.status != 200:
-                        raise UnexpectedResponse(
-                            f"unexpected status {response.status}", status=response.status
-                        )
-                    payload = await response.json(content_type=None)
-            except aiohttp.ClientConnectorError as exc:
-                raise ConnectionFailed(f"cannot connect to the gateway: {exc}", sent=False) from exc
-            except TimeoutError as exc:
-                raise PixazoTimeout("the gateway did not answer the submit in time") from exc
-            except aiohttp.ClientError as exc:
-                raise ConnectionFailed(
-                    f"connection to the gateway failed: {exc}", sent=True
-                ) from exc
-            finally:
-                self._record("submit", status, started)
-            try:
-                result = SubmitResponse.model_validate(payload)
-            except ValidationError as exc:
-                raise UnexpectedResponse(f"malformed submit response: {exc}") from exc
-            self._polling_urls[result.request_id] = result.polling_url
-            return result
-
-        attempt = 0
-        while True:
-            try:
-                return await once()
-            except (RateLimited, ConnectionFailed) as exc:
-                safe = isinstance(exc, RateLimited) or (
-                    isinstance(exc, ConnectionFailed) and not exc.sent
+        async with self._request(
+            "POST",
+            self.base_url + SUBMIT_PATH,
+            "the gateway",
+            time_limit=self._submit_timeout,
+            headers=headers,
+            body=request.to_body(),
+        ) as response:
+            if response.status not in (200, 202):
+                raise UnexpectedResponse(
+                    f"unexpected status {response.status}", status=response.status
                 )
-                if not safe or attempt + 1 >= self._retry.attempts:
-                    raise
-                retry_after = exc.retry_after if isinstance(exc, RateLimited) else None
-                delay = self._retry.delay(attempt, retry_after)
-                log.info("submit not taken (%s); retrying in %.2fs", exc.message, delay)
-                await self._sleep(delay)
-                attempt += 1
-
-    async def status_once(self, request_id: str, polling_url: str | None = None) -> StatusResponse:
-        """One status call, without retries."""
-        url = self.status_url(request_id, polling_url)
-        started, status = time.monotonic(), None
+            payload = await self._read_json(response, "submit")
         try:
-            async with self._session.get(
-                url, headers=self._headers(), timeout=self._request_timeout
-            ) as response:
-                status = response.status
-                await self._raise_for_status(response)
-                payload = await response.json(content_type=None)
-        except aiohttp.ClientConnectorError as exc:
-            raise ConnectionFailed(f"cannot connect to the gateway: {exc}", sent=False) from exc
-        except TimeoutError as exc:
-            raise PixazoTimeout("the gateway did not answer the status call in time") from exc
-        except aiohttp.ClientError as exc:
-            raise ConnectionFailed(f"connection to the gateway failed: {exc}", sent=True) from exc
-        finally:
-            self._record("status", status, started)
+            return SubmitResponse.model_validate(payload)
+        except ValidationError as exc:
+            raise UnexpectedResponse(f"malformed submit response: {exc}") from exc
+
+    def status_url(self, request_id: str, polling_url: str | None = None) -> str:
+        """The URL to poll: the gateway's polling_url when it is on the gateway's origin."""
+        if polling_url and self._same_origin(polling_url):
+            return polling_url
+        return self.base_url + STATUS_PATH.format(request_id=request_id)
+
+    async def status(self, request_id: str, polling_url: str | None = None) -> StatusResponse:
+        """The job's status (free). One attempt."""
+        async with self._request(
+            "GET",
+            self.status_url(request_id, polling_url),
+            "the gateway",
+            time_limit=self._request_timeout,
+            headers=self._headers(),
+        ) as response:
+            payload = await self._read_json(response, "status")
         try:
             return StatusResponse.model_validate(payload)
         except ValidationError as exc:
             raise UnexpectedResponse(f"malformed status response: {exc}") from exc
 
-    async def status(self, request_id: str, polling_url: str | None = None) -> StatusResponse:
-        """The job's status; retried on 429 (honouring Retry-After), 5xx and connection errors."""
-        result: StatusResponse = await self._with_retries(
-            lambda: self.status_once(request_id, polling_url), "status poll"
-        )
-        return result
-
-    async def wait(
-        self,
-        request_id: str,
-        *,
-        polling_url: str | None = None,
-        max_wait: float = 600.0,
-        schedule: PollSchedule | Iterable[float] | None = None,
-        on_status: Callable[[StatusResponse], Awaitable[None]] | None = None,
-        wake: asyncio.Event | None = None,
-        before_poll: Callable[[], Awaitable[None]] | None = None,
-    ) -> StatusResponse:
-        """Poll until the job is terminal and return its COMPLETED status.
-
-        Raises :class:`JobFailed` for FAILED/ERROR and :class:`PixazoTimeout` when
-        ``max_wait`` seconds pass. ``wake``, when set by someone (e.g. a webhook), cuts the
-        current sleep short; ``before_poll`` is awaited before each status call (a shared
-        rate limit, for example).
-        """
-        delays: Iterator[float]
-        if schedule is None:
-            delays = PollSchedule().delays()
-        elif isinstance(schedule, PollSchedule):
-            delays = schedule.delays()
-        else:
-            delays = iter(schedule)
-        deadline = time.monotonic() + max_wait
-        last_status: str | None = None
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise PixazoTimeout(
-                    f"the job was still {last_status or 'pending'} after {max_wait:.0f} s"
-                )
-            delay = min(next(delays, 5.0), remaining)
-            if wake is not None:
-                try:
-                    await asyncio.wait_for(wake.wait(), delay)
-                except TimeoutError:
-                    pass
-                wake.clear()
-            else:
-                await self._sleep(delay)
-            if before_poll is not None:
-                await before_poll()
-            result = await self.status(request_id, polling_url)
-            last_status = result.status
-            if on_status is not None:
-                await on_status(result)
-            if result.status == "COMPLETED":
-                return result
-            if result.status in ("FAILED", "ERROR"):
-                raise JobFailed(result.status, result.error, request_id=request_id)
-
     async def download(
         self, media_url: str, *, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
     ) -> DownloadedMedia:
-        """Download a result image: https or the gateway's origin only, image/* only, capped."""
+        """Download a result image: https or the gateway's origin only, image/* only, capped.
+        One attempt."""
         parts = urlsplit(media_url)
         if parts.scheme != "https" and not self._same_origin(media_url):
             raise DownloadRejected("refusing to download media from a non-https URL")
-
-        async def once() -> DownloadedMedia:
-            # BytesIO.getvalue() hands over its buffer without a copy: peak memory stays
-            # about one image, where a list of chunks plus join() needs two.
-            buffer = io.BytesIO()
-            size = 0
-            try:
-                async with self._session.get(media_url, timeout=self._request_timeout) as response:
-                    await self._raise_for_status(response)
-                    content_type = response.content_type or ""
-                    if not content_type.startswith("image/"):
-                        raise DownloadRejected(f"the media is not an image ({content_type or '?'})")
-                    declared = response.content_length
-                    if declared is not None and declared > max_bytes:
-                        raise DownloadRejected(
-                            f"the image is {declared} bytes, over the {max_bytes} byte cap"
-                        )
-                    async for chunk in response.content.iter_chunked(64 * 1024):
-                        size += len(chunk)
-                        if size > max_bytes:
-                            raise DownloadRejected(f"the image is over the {max_bytes} byte cap")
-                        buffer.write(chunk)
-            except aiohttp.ClientConnectorError as exc:
-                raise ConnectionFailed(
-                    f"cannot connect to the media host: {exc}", sent=False
-                ) from exc
-            except TimeoutError as exc:
-                raise PixazoTimeout("the media download took too long") from exc
-            except aiohttp.ClientError as exc:
-                raise ConnectionFailed(f"the media download failed: {exc}", sent=True) from exc
-            return DownloadedMedia(buffer.getvalue(), content_type)
-
-        result: DownloadedMedia = await self._with_retries(once, "download")
-        return result
+        # BytesIO.getvalue() hands over its buffer without a copy: peak memory stays about
+        # one image, where a list of chunks plus join() needs two.
+        buffer = io.BytesIO()
+        size = 0
+        async with self._request(
+            "GET", media_url, "the media host", time_limit=self._request_timeout
+        ) as response:
+            content_type = response.content_type or ""
+            if not content_type.startswith("image/"):
+                raise DownloadRejected(f"the media is not an image ({content_type or '?'})")
+            declared = response.content_length
+            if declared is not None and declared > max_bytes:
+                raise DownloadRejected(
+                    f"the image is {declared} bytes, over the {max_bytes} byte cap"
+                )
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise DownloadRejected(f"the image is over the {max_bytes} byte cap")
+                buffer.write(chunk)
+        return DownloadedMedia(buffer.getvalue(), content_type)
 
 
-__all__ = ["PixazoClient", "PixazoError", "PollSchedule", "RetryPolicy"]
+__all__ = ["DownloadedMedia", "PixazoClient", "parse_retry_after"]

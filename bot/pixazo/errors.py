@@ -12,6 +12,9 @@ class PixazoError(Exception):
 
     #: whether trying the same call again later may succeed
     transient: bool = False
+    #: whether the gateway provably did not take the request (nothing was, or could have
+    #: been, charged): only such a paid submit may be sent again
+    not_taken: bool = False
 
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
@@ -21,6 +24,8 @@ class PixazoError(Exception):
 
 class InvalidRequest(PixazoError):
     """The request was rejected locally, before anything was sent."""
+
+    not_taken = True
 
 
 class BadRequest(PixazoError):
@@ -39,6 +44,7 @@ class RateLimited(PixazoError):
     """The gateway answered 429. ``retry_after`` is in seconds when the gateway said."""
 
     transient = True
+    not_taken = True  # the gateway turned the request away
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message, status=429)
@@ -60,7 +66,8 @@ class UnexpectedResponse(PixazoError):
 
 
 class JobFailed(PixazoError):
-    """The job ended FAILED or ERROR; ``error`` is the gateway's text."""
+    """The job ended FAILED or ERROR; ``error`` is the gateway's text (raised by the runner
+    when a status says so)."""
 
     def __init__(self, job_status: str, error: str | None, *, request_id: str) -> None:
         text = error or "no reason given"
@@ -71,7 +78,7 @@ class JobFailed(PixazoError):
 
 
 class PixazoTimeout(PixazoError):
-    """A call, or the wait for a job, took longer than allowed."""
+    """A call took longer than allowed (a submit that timed out may have been taken)."""
 
     transient = True
 
@@ -88,6 +95,7 @@ class ConnectionFailed(PixazoError):
     def __init__(self, message: str, *, sent: bool) -> None:
         super().__init__(message)
         self.sent = sent
+        self.not_taken = not sent
 
 
 class DownloadRejected(PixazoError):

@@ -7,11 +7,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from bot.pixazo import TextToImageRequest
+from bot.storage.db import Database
 
 
 class JobState(StrEnum):
@@ -39,6 +41,32 @@ ACTIVE_STATES = (
 FINAL_STATES = (JobState.COMPLETED, JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED)
 
 
+class Reference(BaseModel):
+    """A style reference image of a job, and where a copy of it lives.
+
+    ``url`` is what the member gave (a signed Discord CDN URL, valid about 24 h); once the
+    result is posted, ``message_id``/``filename`` name the small copy kept on the result
+    message, whose URL can be signed afresh by fetching that message again.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["reference", "avoid", "result"] = "reference"
+    strength: float = 1.0
+    url: str | None = None
+    proxy_url: str | None = None
+    filename: str | None = None
+    content_type: str | None = None
+    size: int | None = None
+    message_id: int | None = None
+
+
+_REFERENCES = TypeAdapter(list[Reference])
+#: Decides whether new jobs may be created from (member's, server's) images used today;
+#: raises to refuse.
+Admit = Callable[[int, int], None]
+
+
 @dataclass
 class Job:
     """One image generation, as stored."""
@@ -50,7 +78,7 @@ class Job:
     state: JobState
     params: TextToImageRequest
     sources: dict[str, str] = field(default_factory=dict)
-    refs: list[dict[str, Any]] = field(default_factory=list)
+    refs: list[Reference] = field(default_factory=list)
     request_id: str | None = None
     polling_url: str | None = None
     media_url: str | None = None
@@ -66,6 +94,7 @@ class Job:
     variant: str | None = None
     batch_id: int | None = None
     batch_index: int | None = None
+    batch_size: int = 1
     created_at: float = 0.0
     submitted_at: float | None = None
     finished_at: float | None = None
@@ -96,15 +125,13 @@ class NewJob:
     user_id: int
     params: TextToImageRequest
     sources: dict[str, str] = field(default_factory=dict)
-    refs: list[dict[str, Any]] = field(default_factory=list)
+    refs: list[Reference] = field(default_factory=list)
     application_id: int | None = None
     interaction_token: str | None = None
     token_expires_at: float | None = None
     filesize_limit: int = 10 * 1024 * 1024
     parent_id: int | None = None
     variant: str | None = None
-    batch_id: int | None = None
-    batch_index: int | None = None
 
 
 _JSON_COLUMNS = {"params", "sources", "refs"}
@@ -134,65 +161,133 @@ def _row_to_job(row: aiosqlite.Row) -> Job:
     data["state"] = JobState(data["state"])
     data["params"] = TextToImageRequest.model_validate_json(data["params"])
     data["sources"] = json.loads(data["sources"])
-    data["refs"] = json.loads(data["refs"])
+    data["refs"] = _REFERENCES.validate_json(data["refs"])
     return Job(**data)
 
 
-class JobRepository:
-    """Reads and writes jobs. One instance per database connection."""
+def _encode(column: str, value: Any) -> Any:
+    if column == "refs":
+        return _REFERENCES.dump_json(value, exclude_none=True).decode()
+    if column in _JSON_COLUMNS:
+        return json.dumps(value)
+    return value.value if isinstance(value, JobState) else value
 
-    def __init__(self, db: aiosqlite.Connection, clock: Callable[[], float] = time.time) -> None:
+
+class JobRepository:
+    """Reads and writes jobs."""
+
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self._db = db
         self._clock = clock
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The wall clock jobs are timed by."""
+        return self._clock
+
     async def create(self, new: NewJob) -> Job:
         """Insert a pending job and return it."""
-        now = self._clock()
-        cursor = await self._db.execute(
-            """INSERT INTO jobs (guild_id, channel_id, user_id, state, params, sources, refs,
-                   application_id, interaction_token, token_expires_at, filesize_limit,
-                   parent_id, variant, batch_id, batch_index, created_at, updated_at)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            (
-                new.guild_id,
-                new.channel_id,
-                new.user_id,
-                JobState.PENDING.value,
-                new.params.model_dump_json(exclude_none=True),
-                json.dumps(new.sources),
-                json.dumps(new.refs),
-                new.application_id,
-                new.interaction_token,
-                new.token_expires_at,
-                new.filesize_limit,
-                new.parent_id,
-                new.variant,
-                new.batch_id,
-                new.batch_index,
-                now,
-                now,
-            ),
-        )
-        await self._db.commit()
-        job_id = cursor.lastrowid
-        assert job_id is not None
-        job = await self.get(job_id)
-        assert job is not None
+        (job,) = await self.create_many([new])
         return job
+
+    async def create_many(
+        self,
+        batch: list[NewJob],
+        *,
+        admit: Admit | None = None,
+        since: float = 0.0,
+        grouped: bool = True,
+    ) -> list[Job]:
+        """Insert pending jobs in one transaction and return them. More than one job makes
+        a batch (unless ``grouped`` is False): they share ``batch_id`` (the first job's id)
+        and know their place in it.
+
+        With ``admit``, the images the batch's member and server asked for since ``since``
+        are counted in the same transaction and handed to ``admit(member_used,
+        server_used)``, which raises to refuse: counting and inserting are one step, so
+        concurrent requests cannot both squeeze under a cap.
+        """
+        async with self._db.transaction() as connection:
+            if admit is not None and batch:
+                first = batch[0]
+                member = await self._count(connection, first.guild_id, since, first.user_id)
+                server = await self._count(connection, first.guild_id, since)
+                admit(member, server)
+            return await self._insert(connection, batch, grouped=grouped and len(batch) > 1)
+
+    async def _insert(
+        self, connection: aiosqlite.Connection, batch: list[NewJob], *, grouped: bool
+    ) -> list[Job]:
+        now = self._clock()
+        jobs: list[Job] = []
+        for index, new in enumerate(batch):
+            batch_id = jobs[0].id if grouped and jobs else None
+            values = {
+                "guild_id": new.guild_id,
+                "channel_id": new.channel_id,
+                "user_id": new.user_id,
+                "state": JobState.PENDING.value,
+                "params": new.params.model_dump_json(exclude_none=True),
+                "sources": json.dumps(new.sources),
+                "refs": _encode("refs", new.refs),
+                "application_id": new.application_id,
+                "interaction_token": new.interaction_token,
+                "token_expires_at": new.token_expires_at,
+                "filesize_limit": new.filesize_limit,
+                "parent_id": new.parent_id,
+                "variant": new.variant,
+                "batch_id": batch_id,
+                "batch_index": index if grouped else None,
+                "batch_size": len(batch) if grouped else 1,
+                "created_at": now,
+                "updated_at": now,
+            }
+            marks = ", ".join("?" for _ in values)
+            cursor = await connection.execute(
+                f"INSERT INTO jobs ({', '.join(values)}) VALUES ({marks})", tuple(values.values())
+            )
+            assert cursor.lastrowid is not None
+            jobs.append(
+                Job(
+                    id=cursor.lastrowid,
+                    state=JobState.PENDING,
+                    guild_id=new.guild_id,
+                    channel_id=new.channel_id,
+                    user_id=new.user_id,
+                    params=new.params,
+                    sources=dict(new.sources),
+                    refs=list(new.refs),
+                    application_id=new.application_id,
+                    interaction_token=new.interaction_token,
+                    token_expires_at=new.token_expires_at,
+                    filesize_limit=new.filesize_limit,
+                    parent_id=new.parent_id,
+                    variant=new.variant,
+                    batch_id=batch_id,
+                    batch_index=index if grouped else None,
+                    batch_size=len(batch) if grouped else 1,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+        if grouped:
+            await connection.execute(
+                "UPDATE jobs SET batch_id = ? WHERE id = ?", (jobs[0].id, jobs[0].id)
+            )
+            jobs[0].batch_id = jobs[0].id
+        return jobs
 
     async def get(self, job_id: int) -> Job | None:
         """The job with this id, or None."""
-        async with self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)) as cursor:
-            row = await cursor.fetchone()
+        row = await self._db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _row_to_job(row) if row else None
 
     async def by_result_message(self, message_id: int) -> Job | None:
         """The job whose image is in this message (or whose own message it is)."""
-        async with self._db.execute(
+        row = await self._db.fetchone(
             "SELECT * FROM jobs WHERE result_message_id = ? OR message_id = ? ORDER BY id LIMIT 1",
             (message_id, message_id),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return _row_to_job(row) if row else None
 
     async def update(self, job: Job, **changes: Any) -> Job:
@@ -202,51 +297,66 @@ class JobRepository:
             raise ValueError(f"cannot update {sorted(unknown)}")
         now = self._clock()
         columns = [*changes, "updated_at"]
-        values = [
-            json.dumps(v) if k in _JSON_COLUMNS else (v.value if isinstance(v, JobState) else v)
-            for k, v in changes.items()
-        ]
+        values = [_encode(k, v) for k, v in changes.items()]
         values.append(now)
         assignments = ", ".join(f"{name} = ?" for name in columns)
-        await self._db.execute(
+        await self._db.write(
             f"UPDATE jobs SET {assignments} WHERE id = ?",  # column names come from _UPDATABLE
             (*values, job.id),
         )
-        await self._db.commit()
         for key, value in changes.items():
             setattr(job, key, value)
         job.updated_at = now
         return job
 
+    async def set_message(self, jobs: list[Job], message_id: int) -> None:
+        """Remember the message that shows these jobs (one statement for a whole batch)."""
+        now = self._clock()
+        await self._db.write_many(
+            "UPDATE jobs SET message_id = ?, updated_at = ? WHERE id = ?",
+            [(message_id, now, job.id) for job in jobs],
+        )
+        for job in jobs:
+            job.message_id, job.updated_at = message_id, now
+
+    async def complete(self, job_ids: Iterable[int], message_id: int) -> None:
+        """Mark jobs whose image is now posted in ``message_id`` as completed."""
+        now = self._clock()
+        await self._db.write_many(
+            "UPDATE jobs SET state = ?, result_message_id = ?, delivered_at = ?, updated_at = ? "
+            "WHERE id = ?",
+            [(JobState.COMPLETED.value, message_id, now, now, job_id) for job_id in job_ids],
+        )
+
     async def in_states(self, states: Iterable[JobState]) -> list[Job]:
         """Jobs in any of ``states``, oldest first."""
         names = [s.value for s in states]
         marks = ", ".join("?" for _ in names)
-        async with self._db.execute(
-            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id",
-            names,
-        ) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall(
+            f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", names
+        )
         return [_row_to_job(row) for row in rows]
 
     async def children(self, job_id: int) -> list[Job]:
         """Jobs made from this one (variations), oldest first."""
-        async with self._db.execute(
+        rows = await self._db.fetchall(
             "SELECT * FROM jobs WHERE parent_id = ? ORDER BY id", (job_id,)
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         return [_row_to_job(row) for row in rows]
 
     async def batch(self, batch_id: int) -> list[Job]:
         """The jobs of a batch, in order."""
-        async with self._db.execute(
+        rows = await self._db.fetchall(
             "SELECT * FROM jobs WHERE batch_id = ? ORDER BY batch_index, id", (batch_id,)
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         return [_row_to_job(row) for row in rows]
 
-    async def count_requested_since(
-        self, guild_id: int | None, since: float, user_id: int | None = None
+    @staticmethod
+    async def _count(
+        connection: aiosqlite.Connection,
+        guild_id: int | None,
+        since: float,
+        user_id: int | None = None,
     ) -> int:
         """Images asked for since ``since`` that count against daily caps.
 
@@ -260,22 +370,27 @@ class JobRepository:
         if user_id is not None:
             query += " AND user_id = ?"
             args.append(user_id)
-        async with self._db.execute(query, args) as cursor:
+        async with connection.execute(query, args) as cursor:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
+    async def requested_since(
+        self, guild_id: int | None, since: float, user_id: int | None = None
+    ) -> int:
+        """Images asked for since ``since`` that count against daily caps."""
+        return await self._count(self._db.connection, guild_id, since, user_id)
+
     async def for_member(self, guild_id: int | None, user_id: int, limit: int = 15) -> list[Job]:
         """A member's most recent jobs in a server, newest first."""
-        async with self._db.execute(
+        rows = await self._db.fetchall(
             "SELECT * FROM jobs WHERE guild_id IS ? AND user_id = ? ORDER BY id DESC LIMIT ?",
             (guild_id, user_id, limit),
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         return [_row_to_job(row) for row in rows]
 
     async def usage(self, guild_id: int, since: float) -> list[UsageRow]:
         """Per member and UTC day: images submitted, failures, and ERROR jobs (not charged)."""
-        async with self._db.execute(
+        rows = await self._db.fetchall(
             """SELECT user_id, date(submitted_at, 'unixepoch') AS day,
                       COUNT(*) AS submitted,
                       SUM(state IN ('failed', 'interrupted')) AS failed,
@@ -284,8 +399,7 @@ class JobRepository:
                WHERE guild_id = ? AND submitted_at >= ? AND request_id IS NOT NULL
                GROUP BY user_id, day ORDER BY day, user_id""",
             (guild_id, since),
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         return [
             UsageRow(int(r[0]), str(r[1]), int(r[2]), int(r[3] or 0), int(r[4] or 0)) for r in rows
         ]
@@ -293,28 +407,25 @@ class JobRepository:
     async def recent_generation_seconds(self, limit: int) -> list[float]:
         """Seconds from submit to the gateway's result being noticed, of the latest
         completed jobs (newest first)."""
-        async with self._db.execute(
+        rows = await self._db.fetchall(
             "SELECT finished_at - submitted_at FROM jobs WHERE state = 'completed' "
             "AND submitted_at IS NOT NULL AND finished_at IS NOT NULL ORDER BY id DESC LIMIT ?",
             (limit,),
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         return [float(row[0]) for row in rows]
 
     async def count_by_state(self) -> dict[str, int]:
         """How many jobs are in each state."""
-        async with self._db.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state") as cursor:
-            rows = await cursor.fetchall()
+        rows = await self._db.fetchall("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         return {str(row[0]): int(row[1]) for row in rows}
 
     async def prune_guild(self, guild_id: int, before: float) -> int:
         """Delete a server's finished jobs created before ``before``; returns how many."""
         names = ", ".join(f"'{state.value}'" for state in FINAL_STATES)
-        cursor = await self._db.execute(
+        cursor = await self._db.write(
             f"DELETE FROM jobs WHERE guild_id = ? AND created_at < ? AND state IN ({names})",
             (guild_id, before),
         )
-        await self._db.commit()
         return cursor.rowcount
 
 

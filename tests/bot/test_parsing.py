@@ -6,8 +6,9 @@ import uuid
 
 import pytest
 
+from bot.errors import UserError
 from bot.parsing import parse_moodboard, parse_strength, parse_styles
-from bot.pixazo import InvalidRequest, Moodboard, Style
+from bot.pixazo import Moodboard, Style
 
 BOARD = "123e4567-e89b-12d3-a456-426614174000"
 
@@ -27,7 +28,7 @@ def test_styles_with_and_without_strength() -> None:
 
 def test_ten_styles_allowed_eleven_refused() -> None:
     assert len(parse_styles(",".join(f"s{i}" for i in range(10)))) == 10
-    with pytest.raises(InvalidRequest, match="at most 10 styles"):
+    with pytest.raises(UserError, match="at most 10 styles"):
         parse_styles(",".join(f"s{i}" for i in range(11)))
 
 
@@ -44,7 +45,7 @@ def test_ten_styles_allowed_eleven_refused() -> None:
     ],
 )
 def test_bad_styles(text: str, expected: str) -> None:
-    with pytest.raises(InvalidRequest) as caught:
+    with pytest.raises(UserError) as caught:
         parse_styles(text)
     assert expected in caught.value.message
 
@@ -81,7 +82,7 @@ def test_moodboards(text: str, strength: float) -> None:
     ],
 )
 def test_bad_moodboards(text: str, expected: str) -> None:
-    with pytest.raises(InvalidRequest) as caught:
+    with pytest.raises(UserError) as caught:
         parse_moodboard(text)
     assert expected in caught.value.message
 
@@ -89,5 +90,5 @@ def test_bad_moodboards(text: str, expected: str) -> None:
 def test_parse_strength_bounds_are_inclusive() -> None:
     assert parse_strength("-2", low=-2, high=2, what="x") == -2.0
     assert parse_strength("2", low=-2, high=2, what="x") == 2.0
-    with pytest.raises(InvalidRequest, match="x strength"):
+    with pytest.raises(UserError, match="x strength"):
         parse_strength("2.0001", low=-2, high=2, what="x")

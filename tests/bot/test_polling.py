@@ -7,13 +7,14 @@ import random
 from datetime import UTC, datetime, timedelta
 from itertools import islice, pairwise
 
-from bot.pixazo import PollSchedule, StatusResponse
+from bot.pixazo import StatusResponse
 from bot.polling import (
     GOAL_P50,
     GOAL_P95,
     REFERENCE_INTERVAL,
     Plan,
     PollPlanner,
+    PollSchedule,
     choose_plan,
     reference_polls,
     simulate,

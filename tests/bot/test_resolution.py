@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bot.pixazo import InvalidRequest
+from bot.errors import UserError
 from bot.resolution import (
     BUILTIN,
     CHANNEL,
@@ -18,7 +18,8 @@ from bot.resolution import (
     expand_styles,
     resolve,
 )
-from bot.storage.settings import GuildConfig
+from bot.storage.config import ServerConfig
+from bot.storage.jobs import Reference
 
 CHANNEL_ID = 555
 OTHER_CHANNEL = 556
@@ -31,13 +32,15 @@ def config(
     server: dict[str, Any] | None = None,
     channel: dict[str, Any] | None = None,
     **presets: Any,
-) -> GuildConfig:
+) -> ServerConfig:
     """A server's configuration with optional overrides for `CHANNEL_ID`."""
-    return GuildConfig(
-        server=server or {},
-        channels={CHANNEL_ID: channel} if channel else {},
-        style_presets=presets.get("styles", {}),
-        moodboard_presets=presets.get("moodboards", {}),
+    return ServerConfig.model_validate(
+        {
+            "server": server or {},
+            "channels": {CHANNEL_ID: channel} if channel else {},
+            "style_presets": presets.get("styles", {}),
+            "moodboard_presets": presets.get("moodboards", {}),
+        }
     )
 
 
@@ -171,7 +174,7 @@ def test_presets_expand_in_options() -> None:
 
 
 def test_references_are_sent_with_their_strength() -> None:
-    refs = [{"url": "https://cdn.example/a.png?ex=1", "strength": 0.7}]
+    refs = [Reference(url="https://cdn.example/a.png?ex=1", strength=0.7)]
     resolved = resolve(inputs(references=refs), config=None, channel_id=None)
     assert [(r.image_url, r.strength) for r in resolved.request.image_style_references] == [
         ("https://cdn.example/a.png?ex=1", 0.7)
@@ -182,7 +185,7 @@ def test_a_locked_moodboard_refuses_the_option() -> None:
     locked = config(
         server={"moodboard": {"id": BOARD_A, "strength": 0.5}, "moodboard_locked": True}
     )
-    with pytest.raises(InvalidRequest, match="moodboard"):
+    with pytest.raises(UserError, match="moodboard"):
         resolve(inputs(moodboard=BOARD_B), config=locked, channel_id=CHANNEL_ID)
     kept = resolve(inputs(), config=locked, channel_id=CHANNEL_ID)
     assert board_ids(kept) == [(BOARD_A, 0.5)]
@@ -206,7 +209,7 @@ def test_an_unlocked_moodboard_can_be_replaced() -> None:
     ],
 )
 def test_bad_moodboards_are_explained(text: str, message: str) -> None:
-    with pytest.raises(InvalidRequest, match=message):
+    with pytest.raises(UserError, match=message):
         expand_moodboard(text, config())
 
 
@@ -220,12 +223,12 @@ def test_bad_moodboards_are_explained(text: str, message: str) -> None:
     ],
 )
 def test_bad_styles_are_explained(text: str, message: str) -> None:
-    with pytest.raises(InvalidRequest, match=message):
+    with pytest.raises(UserError, match=message):
         expand_styles(text, config())
 
 
 def test_presets_count_towards_the_style_limit() -> None:
     many = config(styles={"big": [{"id": f"s{i}", "strength": 1.0} for i in range(8)]})
     assert len(expand_styles("big, a, b", many)) == 10
-    with pytest.raises(InvalidRequest, match="at most 10"):
+    with pytest.raises(UserError, match="at most 10"):
         expand_styles("big, a, b, c", many)

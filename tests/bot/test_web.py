@@ -17,8 +17,10 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
+from bot.__main__ import build_services
 from bot.app import KreaBot
-from bot.web import WebServer, webhook_token, webhook_url
+from bot.storage.db import open_database
+from bot.webhooks import webhook_token, webhook_url
 from tests.support.checks import bot_messages, eventually, job_rows
 from tests.support.world import World
 
@@ -103,12 +105,12 @@ async def test_healthz_is_200_when_connected_and_the_database_answers(world: Wor
 
 
 async def test_healthz_is_503_before_discord_and_without_the_database(world: World) -> None:
-    from bot.storage.db import open_database
-
     db = await open_database(world.db_path)
     async with aiohttp.ClientSession() as session:
-        bot = KreaBot(world.settings(), session=session, db=db)  # never started
-        server = WebServer(bot, "127.0.0.1", 0, None)
+        settings = world.settings(HTTP_PORT=free_port(), HTTP_HOST="127.0.0.1")
+        bot = KreaBot(settings)  # never started
+        server = build_services(settings, session=session, db=db, bot=bot).web
+        assert server is not None
         await server.start()
         try:
             url = f"http://127.0.0.1:{server.port}/healthz"
@@ -160,7 +162,7 @@ async def test_metrics_expose_jobs_latencies_and_gateway_errors(world: World) ->
     async with world.bot(HTTP_PORT=port, HTTP_HOST="127.0.0.1") as bot:
         handle = await world.imagine(prompt=PROMPT, seed=3)
         await world.result_of(handle)
-        await bot.runner.join()
+        await bot.services.runner.join()
         status, content_type, text = await http("GET", f"http://127.0.0.1:{port}/metrics")
 
     assert status == 200
@@ -187,7 +189,7 @@ async def test_webhook_mode_delivers_without_polling_before_the_webhook(world: W
     async with world.bot(**webhook_mode(port)) as bot:  # safety-net poll only every 30 s
         handle = await world.imagine(prompt=PROMPT, seed=4)
         result = await world.result_of(handle, timeout=10.0)
-        await bot.runner.join()
+        await bot.services.runner.join()
 
     (job,) = world.pixazo.jobs.values()
     (row,) = job_rows(world.db_path)
@@ -202,7 +204,7 @@ async def test_webhook_mode_delivers_without_polling_before_the_webhook(world: W
     assert job.terminal_at is not None and status_call.time >= job.terminal_at
     assert images_posted(world) == [result]
     assert row["state"] == "completed"
-    assert dict(bot.metrics.webhooks) == {"woke": 1}
+    assert dict(bot.services.metrics.webhooks) == {"woke": 1}
 
 
 async def test_forged_webhooks_are_ignored_and_cause_no_status_call(world: World) -> None:
@@ -231,7 +233,7 @@ async def test_forged_webhooks_are_ignored_and_cause_no_status_call(world: World
             assert status == 404, url
         await asyncio.sleep(0.3)
         assert world.pixazo.status_calls() == [], "a forged webhook made the bot poll"
-        assert bot.metrics.webhooks["forged"] == len(forged)
+        assert bot.services.metrics.webhooks["forged"] == len(forged)
         _, _, text = await http("GET", f"http://127.0.0.1:{port}/metrics")
         assert f'kreabot_webhooks_total{{outcome="forged"}} {len(forged)}' in text
 
@@ -245,7 +247,7 @@ async def test_forged_webhooks_are_ignored_and_cause_no_status_call(world: World
 
         world.pixazo.finish(job.request_id)  # now the gateway calls back for real
         result = await world.result_of(handle, timeout=10.0)
-        await bot.runner.join()
+        await bot.services.runner.join()
 
     assert images_posted(world) == [result]
     assert len(world.pixazo.status_calls()) == 2
@@ -266,9 +268,9 @@ async def test_a_duplicate_webhook_posts_the_result_once(world: World) -> None:
         )
         status, _, _ = await http("POST", job.webhook_url, json=deliveries[0].body)
         assert status == 200
-        assert bot.metrics.webhooks["ignored"] >= 1
+        assert bot.services.metrics.webhooks["ignored"] >= 1
         result = await world.result_of(handle, timeout=10.0)
-        await bot.runner.join()
+        await bot.services.runner.join()
         # And a fourth, late copy: the job is done, so nothing is polled or posted.
         status, _, _ = await http("POST", job.webhook_url, json=deliveries[0].body)
         assert status == 200
@@ -282,8 +284,11 @@ async def test_a_duplicate_webhook_posts_the_result_once(world: World) -> None:
     assert len(world.pixazo.status_calls()) == 1
     assert len(world.pixazo.media_calls()) == 1
     # The second copy may land while the first one's status call is still in flight.
-    assert sum(bot.metrics.webhooks.values()) == 4
-    assert bot.metrics.webhooks["woke"] in (1, 2) and bot.metrics.webhooks["ignored"] >= 2
+    assert sum(bot.services.metrics.webhooks.values()) == 4
+    assert (
+        bot.services.metrics.webhooks["woke"] in (1, 2)
+        and bot.services.metrics.webhooks["ignored"] >= 2
+    )
 
 
 async def test_a_lost_webhook_is_caught_by_the_safety_net_poll(world: World) -> None:
@@ -292,7 +297,7 @@ async def test_a_lost_webhook_is_caught_by_the_safety_net_poll(world: World) -> 
     async with world.bot(**webhook_mode(port, safety_poll=1.0)) as bot:
         handle = await world.imagine(prompt=PROMPT, seed=7)
         result = await world.result_of(handle, timeout=10.0)
-        await bot.runner.join()
+        await bot.services.runner.join()
 
     (job,) = world.pixazo.jobs.values()
     assert job.webhook_mode == "drop" and world.pixazo.webhook_deliveries == []
@@ -301,7 +306,7 @@ async def test_a_lost_webhook_is_caught_by_the_safety_net_poll(world: World) -> 
     (submit,) = world.pixazo.submits()
     (status_call,) = world.pixazo.status_calls(job.request_id)
     assert status_call.time - submit.time >= 0.9
-    assert dict(bot.metrics.webhooks) == {}
+    assert dict(bot.services.metrics.webhooks) == {}
 
 
 @pytest.mark.parametrize("secret", [None, SECRET])
@@ -317,10 +322,10 @@ async def test_webhooks_for_unknown_jobs_are_answered_but_wake_nothing(
         status, _, _ = await http("POST", url, data=b"not json at all")
         if secret is None:  # no secret, no webhook can be genuine
             assert status == 404
-            assert dict(bot.metrics.webhooks) == {"forged": 1}
+            assert dict(bot.services.metrics.webhooks) == {"forged": 1}
         else:
             assert status == 200
-            assert dict(bot.metrics.webhooks) == {"ignored": 1}
+            assert dict(bot.services.metrics.webhooks) == {"ignored": 1}
     assert world.pixazo.requests == []
 
 
@@ -340,7 +345,7 @@ async def test_a_webhook_that_beats_the_submit_answer_is_not_lost(world: World) 
     async with world.bot(**webhook_mode(port)) as bot:  # safety-net poll only every 30 s
         handle = await world.imagine(prompt=PROMPT, seed=8)
         result = await world.result_of(handle, timeout=5.0)
-        await bot.runner.join()
+        await bot.services.runner.join()
 
     (submit,) = world.pixazo.submits()
     (delivery,) = world.pixazo.webhook_deliveries

@@ -251,7 +251,7 @@ async def test_autocomplete_lists_the_servers_presets(world: World) -> None:
 async def test_autocomplete_offers_at_most_25_presets(world: World) -> None:
     async with world.bot() as bot:
         for index in range(30):
-            await bot.guild_settings.add_preset(
+            await bot.services.config.add_preset(
                 world.guild.id, "style", f"style{index:02d}", [{"id": f"s{index}", "strength": 1}]
             )
         handle = await world.discord.autocomplete(

@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from cogs.variations import REQUESTER_ONLY, VARY
+from bot.fair_use import REQUESTER_ONLY
+from bot.job_service import VARY
 from fake_pixazo.validation import discord_url_expiry
 from tests.fake_discord import Permission, Upload
 from tests.support.checks import assert_no_traceback, bot_messages, job_rows
@@ -98,7 +99,7 @@ async def test_vary_subtle_keeps_the_seed_and_uses_the_result_strongly(world: Wo
         original, varied = await wait_for_submits(world, 2)
 
     subtle = VARY["subtle"]
-    assert (subtle["strength"], subtle["creativity"]) == (1.2, "low")
+    assert (subtle.strength, subtle.creativity) == (1.2, "low")
     assert varied["seed"] == original["seed"] == 42
     assert varied["creativity"] == "low"
     assert varied["image_style_references"][-1]["strength"] == 1.2
@@ -116,7 +117,7 @@ async def test_vary_strong_takes_a_new_seed_and_uses_the_result_lightly(world: W
         original, varied = await wait_for_submits(world, 2)
 
     strong = VARY["strong"]
-    assert (strong["strength"], strong["creativity"]) == (0.6, "high")
+    assert (strong.strength, strong.creativity) == (0.6, "high")
     assert varied["seed"] != original["seed"]
     assert varied["creativity"] == "high"
     assert varied["image_style_references"] == [
@@ -382,8 +383,7 @@ async def test_a_button_of_a_deleted_job_row_is_no_longer_available(world: World
     async with world.bot() as bot:
         _, result = await imagine_result(world, prompt="a cat", seed=1)
         await finished(bot)
-        await bot.db.execute("DELETE FROM jobs")
-        await bot.db.commit()
+        await bot.services.db.write("DELETE FROM jobs")
         for custom_id in ("krea:regen:1", "krea:remix:1", "krea:delete:1"):
             click = await press(world, result, custom_id)
             assert reply_text(click) == UNAVAILABLE and click.ephemeral

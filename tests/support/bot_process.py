@@ -48,8 +48,8 @@ def main() -> int:
     from discord.http import Route
 
     from bot.__main__ import run
-    from bot.config import Settings
     from bot.logs import setup_logging
+    from bot.settings import Settings
 
     Route.BASE = os.environ["FAKE_DISCORD_API"]
     DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(os.environ["FAKE_DISCORD_GATEWAY"])
@@ -93,7 +93,7 @@ class BotProcess:
         ``args`` (e.g. ``["run"]``, ``["sync", "--guild", "1"]``) go to ``python -m bot``'s
         own entry point; ``cwd`` is the working directory (where ``.env`` would be read).
         """
-        from bot.config import Settings
+        from bot.settings import Settings
         from tests.fake_discord.fixtures import DEFAULT_TOKEN
 
         # Inherit nothing that could be mistaken for one of the bot's settings.

@@ -117,7 +117,7 @@ async def wait_for_submits(world: World, count: int, timeout: float = 10.0) -> l
 
 async def finished(bot: KreaBot) -> None:
     """Wait until the bot's runner has no job left (every state written)."""
-    await bot.runner.join()
+    await bot.services.runner.join()
 
 
 def forge(message: FakeMessage, old: str, new: str) -> None:

@@ -73,7 +73,12 @@ class Stage:
 
     async def imagine(self, **options: Any) -> InteractionHandle:
         """A member runs /imagine; returns once the bot acknowledged it."""
-        assert self.discord.command("imagine", self.guild) is not None, "commands not synced"
+        # Commands are synced in the background once the bot is logged in.
+        await self.discord.wait_for(
+            lambda: self.discord.command("imagine", self.guild) is not None,
+            STARTUP_TIMEOUT,
+            what="the commands to be synced",
+        )
         handle = await self.discord.slash("imagine", options)
         await handle.wait_for_response(timeout=5.0)
         return handle

@@ -11,9 +11,10 @@ from typing import Any
 
 import aiohttp
 
+from bot.__main__ import build_services
 from bot.app import KreaBot
-from bot.config import Settings
-from bot.pixazo import PollSchedule
+from bot.polling import PollSchedule
+from bot.settings import Settings
 from bot.storage.db import open_database
 from fake_pixazo import FakePixazo
 from tests.fake_discord import FakeDiscord, FakeGuild, FakeMessage, InteractionHandle
@@ -60,15 +61,20 @@ class World:
         db = await open_database(self.db_path)
         try:
             async with aiohttp.ClientSession() as session:
-                bot = KreaBot(
-                    self.settings(**overrides),
+                settings = self.settings(**overrides)
+                bot = KreaBot(settings)
+                services = build_services(
+                    settings,
                     session=session,
                     db=db,
+                    bot=bot,
                     clock=self.clock,
                     poll_schedule=FAST_POLLS,
                     retry_wait=0.05,
                 )
+                bot.use(services)
                 async with run_bot(bot, self.discord):
+                    await services.synced()
                     yield bot
         finally:
             await db.close()

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from bot.pixazo import PixazoClient, RetryPolicy
+from bot.pixazo import PixazoClient
 from fake_pixazo import FakePixazo
 
-from .helpers import API_KEY, SleepRecorder
+from .helpers import API_KEY
 
 
 @pytest.fixture
@@ -26,18 +26,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-def sleeps() -> SleepRecorder:
-    return SleepRecorder()
-
-
-@pytest.fixture
-def client(fake: FakePixazo, session: aiohttp.ClientSession, sleeps: SleepRecorder) -> PixazoClient:
+def client(fake: FakePixazo, session: aiohttp.ClientSession) -> PixazoClient:
     return PixazoClient(
-        session,
-        API_KEY,
-        base_url=fake.base_url,
-        retry=RetryPolicy(attempts=3, base_delay=0.001, max_delay=5.0),
-        request_timeout=2.0,
-        submit_timeout=2.0,
-        sleep=sleeps,
+        session, API_KEY, base_url=fake.base_url, request_timeout=2.0, submit_timeout=2.0
     )

@@ -20,13 +20,10 @@ from bot.pixazo import (
     ConnectionFailed,
     DownloadRejected,
     InsufficientBalance,
-    JobFailed,
     NotFound,
     PixazoClient,
     PixazoTimeout,
-    PollSchedule,
     RateLimited,
-    RetryPolicy,
     ServerError,
     StatusResponse,
     TextToImageRequest,
@@ -35,11 +32,10 @@ from bot.pixazo import (
 )
 from fake_pixazo import KEY_HEADER, WEBHOOK_HEADER, FakePixazo, image_size
 
-from .helpers import API_KEY, SleepRecorder
+from .helpers import API_KEY
 
 BOARD = "123e4567-e89b-12d3-a456-426614174000"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-FAST_POLLS = PollSchedule(first=0.0, interval=0.01, factor=1.0, cap=0.01)
 
 
 def make_client(
@@ -48,19 +44,11 @@ def make_client(
     *,
     base_url: str | None = None,
     api_key: str = API_KEY,
-    attempts: int = 3,
-    sleep: Any = asyncio.sleep,
     submit_timeout: float = 2.0,
 ) -> PixazoClient:
     url = base_url if base_url is not None else fake.base_url if fake else ""
     return PixazoClient(
-        session,
-        api_key,
-        base_url=url,
-        retry=RetryPolicy(attempts=attempts, base_delay=0.001, max_delay=5.0),
-        request_timeout=2.0,
-        submit_timeout=submit_timeout,
-        sleep=sleep,
+        session, api_key, base_url=url, request_timeout=2.0, submit_timeout=submit_timeout
     )
 
 
@@ -72,10 +60,20 @@ def closed_port() -> int:
     return port
 
 
+async def wait_terminal(client: PixazoClient, request_id: str) -> StatusResponse:
+    """Ask the status until the job ends (the runner's poll loop, reduced to its core)."""
+    async with asyncio.timeout(5):
+        while True:
+            status = await client.status(request_id)
+            if status.terminal:
+                return status
+            await asyncio.sleep(0.01)
+
+
 async def generate(client: PixazoClient, request: TextToImageRequest) -> bytes:
     """Submit, wait for completion and download the image."""
     accepted = await client.submit(request)
-    done = await client.wait(accepted.request_id, schedule=FAST_POLLS, max_wait=2)
+    done = await wait_terminal(client, accepted.request_id)
     assert done.output is not None
     media = await client.download(done.output.media_url[0])
     return media.data
@@ -265,15 +263,15 @@ async def test_429_is_rate_limited_with_retry_after(fake: FakePixazo, client: Pi
     fake.fail_next("status", 429, headers={"Retry-After": "7"})
 
     with pytest.raises(RateLimited) as caught:
-        await client.status_once("krea-2-large-text-to-image_x")
+        await client.status("krea-2-large-text-to-image_x")
 
     assert caught.value.status == 429
     assert caught.value.retry_after == 7.0
     assert caught.value.transient
 
 
-async def test_429_on_submit_gives_up_after_the_policy_attempts(
-    fake: FakePixazo, client: PixazoClient, sleeps: SleepRecorder
+async def test_429_on_submit_is_one_request_and_provably_not_taken(
+    fake: FakePixazo, client: PixazoClient
 ) -> None:
     fake.fail_next("submit", 429, headers={"Retry-After": "3"}, times=5)
 
@@ -281,14 +279,14 @@ async def test_429_on_submit_gives_up_after_the_policy_attempts(
         await client.submit(build_request(prompt="p"))
 
     assert caught.value.retry_after == 3.0
-    assert len(fake.submits()) == 3
-    assert sleeps.delays == [3.0, 3.0]
+    assert caught.value.not_taken  # the runner may send it again
+    assert len(fake.submits()) == 1  # the client itself never retries
     assert fake.jobs == {}
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
 async def test_5xx_on_submit_is_server_error_and_not_retried(
-    status: int, fake: FakePixazo, client: PixazoClient, sleeps: SleepRecorder
+    status: int, fake: FakePixazo, client: PixazoClient
 ) -> None:
     fake.fail_next("submit", status)
 
@@ -297,8 +295,8 @@ async def test_5xx_on_submit_is_server_error_and_not_retried(
 
     assert caught.value.status == status
     assert str(status) in caught.value.message
+    assert not caught.value.not_taken
     assert len(fake.submits()) == 1
-    assert sleeps.delays == []
 
 
 async def test_html_502_from_a_proxy_is_server_error(
@@ -310,115 +308,69 @@ async def test_html_502_from_a_proxy_is_server_error(
         await client.submit(build_request(prompt="p"))
 
 
-async def test_404_on_status_is_not_found_and_not_retried(
-    fake: FakePixazo, client: PixazoClient, sleeps: SleepRecorder
-) -> None:
+async def test_404_on_status_is_not_found(fake: FakePixazo, client: PixazoClient) -> None:
     with pytest.raises(NotFound) as caught:
         await client.status("krea-2-large-text-to-image_unknown")
 
     assert caught.value.status == 404
     assert "krea-2-large-text-to-image_unknown" in caught.value.message
     assert len(fake.status_calls()) == 1
-    assert sleeps.delays == []
 
 
-async def test_5xx_on_status_is_retried(
-    fake: FakePixazo, client: PixazoClient, sleeps: SleepRecorder
+async def test_5xx_on_status_is_one_transient_request(
+    fake: FakePixazo, client: PixazoClient
 ) -> None:
     accepted = await client.submit(build_request(prompt="p"))
     fake.fail_next("status", 503)
 
-    status = await client.status(accepted.request_id)
+    with pytest.raises(ServerError) as caught:
+        await client.status(accepted.request_id)
 
-    assert status.request_id == accepted.request_id
-    assert [c.status for c in fake.status_calls()] == [503, 200]
-    assert len(sleeps.delays) == 1
-
-
-# -- 4. Retry-After on a poll ---------------------------------------------------------------
+    assert caught.value.transient  # the runner polls again later
+    assert [c.status for c in fake.status_calls()] == [503]
+    assert (await client.status(accepted.request_id)).request_id == accepted.request_id
 
 
-async def test_429_with_retry_after_is_honoured_on_a_poll(
-    fake: FakePixazo, client: PixazoClient, sleeps: SleepRecorder
-) -> None:
-    accepted = await client.submit(build_request(prompt="p"))
-    fake.fail_next("status", 429, headers={"Retry-After": "2"})
-
-    status = await client.status(accepted.request_id)
-
-    assert isinstance(status, StatusResponse)
-    assert status.request_id == accepted.request_id
-    assert sleeps.delays == [2.0]
-    assert [c.status for c in fake.status_calls(accepted.request_id)] == [429, 200]
+# -- 5. what a submit error says about the money ---------------------------------------------
 
 
-async def test_retry_after_delay_really_elapses(
+async def test_submit_read_timeout_may_have_been_taken(
     fake: FakePixazo, session: aiohttp.ClientSession
 ) -> None:
-    client = make_client(fake, session)
-    accepted = await client.submit(build_request(prompt="p"))
-    fake.fail_next("status", 429, headers={"Retry-After": "0.2"})
-
-    await client.status(accepted.request_id)
-
-    first, second = fake.status_calls(accepted.request_id)
-    assert second.time - first.time >= 0.19
-
-
-# -- 5. submit retries only when the gateway surely did not take it -------------------------
-
-
-async def test_submit_not_retried_after_a_read_timeout(
-    fake: FakePixazo, session: aiohttp.ClientSession
-) -> None:
-    sleeps = SleepRecorder()
-    client = make_client(fake, session, submit_timeout=0.2, sleep=sleeps)
+    client = make_client(fake, session, submit_timeout=0.2)
     fake.hang_after_accept_next()
 
     started = time.monotonic()
-    with pytest.raises(PixazoTimeout):
+    with pytest.raises(PixazoTimeout) as caught:
         await client.submit(build_request(prompt="p"))
 
     assert time.monotonic() - started < 1.5
+    assert not caught.value.not_taken
     assert len(fake.submits()) == 1
     assert len(fake.jobs) == 1  # the gateway took (and charged) it: a retry would double-charge
-    assert sleeps.delays == []
 
 
-async def test_submit_not_retried_when_the_connection_drops_after_sending(
-    fake: FakePixazo, client: PixazoClient, sleeps: SleepRecorder
+async def test_submit_connection_dropped_after_sending_may_have_been_taken(
+    fake: FakePixazo, client: PixazoClient
 ) -> None:
     fake.drop_next("submit")
 
     with pytest.raises(ConnectionFailed) as caught:
         await client.submit(build_request(prompt="p"))
 
-    assert caught.value.sent is True
+    assert caught.value.sent is True and not caught.value.not_taken
     assert len(fake.submits()) == 1
-    assert sleeps.delays == []
 
 
-async def test_submit_retried_on_429(
-    fake: FakePixazo, client: PixazoClient, sleeps: SleepRecorder
+async def test_submit_connection_refused_was_provably_not_taken(
+    session: aiohttp.ClientSession,
 ) -> None:
-    fake.fail_next("submit", 429, headers={"Retry-After": "1"})
-
-    accepted = await client.submit(build_request(prompt="p"))
-
-    assert [r.status for r in fake.submits()] == [429, 202]
-    assert list(fake.jobs) == [accepted.request_id]
-    assert sleeps.delays == [1.0]
-
-
-async def test_submit_retried_on_connection_refused(session: aiohttp.ClientSession) -> None:
-    sleeps = SleepRecorder()
-    client = make_client(None, session, base_url=f"http://127.0.0.1:{closed_port()}", sleep=sleeps)
+    client = make_client(None, session, base_url=f"http://127.0.0.1:{closed_port()}")
 
     with pytest.raises(ConnectionFailed) as caught:
         await client.submit(build_request(prompt="p"))
 
-    assert caught.value.sent is False
-    assert len(sleeps.delays) == 2  # three attempts in all
+    assert caught.value.sent is False and caught.value.not_taken
     assert API_KEY not in caught.value.message
 
 
@@ -428,20 +380,16 @@ async def test_submit_retried_on_connection_refused(session: aiohttp.ClientSessi
 @pytest.mark.parametrize(
     ("job_status", "error"), [("FAILED", "Content flagged"), ("ERROR", "GPU worker crashed")]
 )
-async def test_wait_surfaces_failed_and_error(
-    job_status: Any, error: str, fake: FakePixazo, session: aiohttp.ClientSession
+async def test_status_reports_failed_and_error_with_their_text(
+    job_status: Any, error: str, fake: FakePixazo, client: PixazoClient
 ) -> None:
-    client = make_client(fake, session)
     fake.next_outcome(job_status, error)
     accepted = await client.submit(build_request(prompt="p"))
 
-    with pytest.raises(JobFailed) as caught:
-        await client.wait(accepted.request_id, schedule=FAST_POLLS, max_wait=2)
+    done = await wait_terminal(client, accepted.request_id)
 
-    assert caught.value.job_status == job_status
-    assert caught.value.error == error
-    assert caught.value.request_id == accepted.request_id
-    assert error in caught.value.message and job_status in caught.value.message
+    assert (done.status, done.error) == (job_status, error)
+    assert done.request_id == accepted.request_id
 
 
 # -- 7. downloads ----------------------------------------------------------------------------
@@ -563,78 +511,3 @@ async def test_same_seed_same_bytes_other_seed_other_bytes(
     assert first == again
     assert other != first
     assert len(fake.jobs) == 3
-
-
-# -- 9. waiting ------------------------------------------------------------------------------
-
-
-async def test_wait_polls_through_queued_and_processing(
-    fake: FakePixazo, session: aiohttp.ClientSession
-) -> None:
-    client = make_client(fake, session)
-    fake.next_outcome(queued_seconds=0.25, manual=True)
-    accepted = await client.submit(build_request(prompt="p"))
-    seen: list[str] = []
-    polls: list[float] = []
-
-    async def on_status(status: StatusResponse) -> None:
-        seen.append(status.status)
-        if status.status == "PROCESSING" and not fake.jobs[status.request_id].is_terminal:
-            fake.finish(status.request_id)
-
-    async def before_poll() -> None:
-        polls.append(time.monotonic())
-
-    done = await client.wait(
-        accepted.request_id,
-        schedule=PollSchedule(first=0.0, interval=0.02, factor=1.0, cap=0.02),
-        on_status=on_status,
-        before_poll=before_poll,
-        max_wait=5,
-    )
-
-    assert done.status == "COMPLETED"
-    assert done.output is not None
-    assert done.output.media_url == [fake.media_url(accepted.request_id)]
-    assert seen[0] == "QUEUED"
-    assert "PROCESSING" in seen
-    assert seen[-1] == "COMPLETED"
-    assert seen.index("QUEUED") < seen.index("PROCESSING")
-    assert len(polls) == len(seen) == len(fake.status_calls(accepted.request_id))
-
-
-async def test_wait_respects_max_wait(fake: FakePixazo, session: aiohttp.ClientSession) -> None:
-    client = make_client(fake, session)
-    fake.next_outcome(manual=True)
-    accepted = await client.submit(build_request(prompt="p"))
-
-    started = time.monotonic()
-    with pytest.raises(PixazoTimeout, match="PROCESSING"):
-        async with asyncio.timeout(2):  # a guard, so a broken max_wait fails instead of hanging
-            await client.wait(accepted.request_id, schedule=[0.05] * 100, max_wait=0.25)
-
-    elapsed = time.monotonic() - started
-    assert 0.2 <= elapsed < 1.0
-    assert not fake.jobs[accepted.request_id].is_terminal
-
-
-async def test_wake_cuts_a_sleep_short(fake: FakePixazo, session: aiohttp.ClientSession) -> None:
-    client = make_client(fake, session)
-    fake.next_outcome(manual=True)
-    accepted = await client.submit(build_request(prompt="p"))
-    wake = asyncio.Event()
-
-    async def webhook_arrives() -> None:
-        await fake.wait_for_job(accepted.request_id, "PROCESSING")
-        fake.finish(accepted.request_id)
-        wake.set()
-
-    notifier = asyncio.create_task(webhook_arrives())
-    started = time.monotonic()
-    done = await client.wait(accepted.request_id, schedule=[2.0, 2.0], wake=wake, max_wait=10)
-    await notifier
-
-    assert done.status == "COMPLETED"
-    assert time.monotonic() - started < 1.0
-    assert len(fake.status_calls(accepted.request_id)) == 1
-    assert not wake.is_set()

@@ -6,12 +6,11 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
 
-import aiosqlite
 import pytest
 
 from bot.pixazo import build_request
-from bot.storage.db import migrate, open_database
-from bot.storage.jobs import ACTIVE_STATES, JobRepository, JobState, NewJob
+from bot.storage.db import Database, migrate, open_database
+from bot.storage.jobs import ACTIVE_STATES, JobRepository, JobState, NewJob, Reference
 
 BOARD = "123e4567-e89b-12d3-a456-426614174000"
 
@@ -37,7 +36,7 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def db(db_path: Path) -> AsyncIterator[aiosqlite.Connection]:
+async def db(db_path: Path) -> AsyncIterator[Database]:
     connection = await open_database(db_path)
     try:
         yield connection
@@ -63,7 +62,7 @@ def new_job(**overrides: object) -> NewJob:
         "user_id": 333,
         "params": params,
         "sources": {"seed": "random", "styles": "option"},
-        "refs": [{"attachment_id": 44, "filename": "a.png", "size": 1234}],
+        "refs": [Reference(filename="a.png", size=1234, url="https://cdn.example/a.png")],
         "application_id": 555,
         "interaction_token": "itok",
         "token_expires_at": 1_700_000_900.0,
@@ -72,20 +71,18 @@ def new_job(**overrides: object) -> NewJob:
     return NewJob(**fields)  # type: ignore[arg-type]
 
 
-async def test_migrations_set_user_version_and_wal(db: aiosqlite.Connection) -> None:
-    async with db.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
+async def test_migrations_set_user_version_and_wal(db: Database) -> None:
+    row = await db.fetchone("PRAGMA user_version")
     assert row is not None and row[0] == latest_migration() >= 1
-    async with db.execute("PRAGMA journal_mode") as cursor:
-        row = await cursor.fetchone()
+    row = await db.fetchone("PRAGMA journal_mode")
     assert row is not None and row[0] == "wal"
-    async with db.execute("SELECT name FROM sqlite_master WHERE type = 'table'") as cursor:
-        tables = {r[0] for r in await cursor.fetchall()}
+    rows = await db.fetchall("SELECT name FROM sqlite_master WHERE type = 'table'")
+    tables = {r[0] for r in rows}
     assert "jobs" in tables
-    assert await migrate(db) == latest_migration()  # applying again is a no-op
+    assert await migrate(db.connection) == latest_migration()  # applying again is a no-op
 
 
-async def test_job_round_trips(db: aiosqlite.Connection) -> None:
+async def test_job_round_trips(db: Database) -> None:
     clock = Clock()
     repo = JobRepository(db, clock=clock)
     new = new_job()
@@ -110,7 +107,7 @@ async def test_job_round_trips(db: aiosqlite.Connection) -> None:
         request_id="krea-2-large-text-to-image_abc",
         polling_url="https://gateway.pixazo.ai/v2/requests/status/krea-2-large-text-to-image_abc",
         submitted_at=clock.now,
-        refs=[{"attachment_id": 44, "filename": "a.png", "size": 1234, "expired": True}],
+        refs=[Reference(filename="a.png", size=1234, message_id=44, role="avoid")],
     )
     assert created.state is JobState.SUBMITTED  # applied to the object too
 
@@ -119,14 +116,14 @@ async def test_job_round_trips(db: aiosqlite.Connection) -> None:
     assert reloaded.state is JobState.SUBMITTED
     assert reloaded.request_id == "krea-2-large-text-to-image_abc"
     assert reloaded.submitted_at == reloaded.updated_at == clock.now
-    assert reloaded.refs[0]["expired"] is True
+    assert (reloaded.refs[0].message_id, reloaded.refs[0].role) == (44, "avoid")
     assert reloaded.params == new.params
     assert reloaded == created
 
     assert await repo.get(created.id + 100) is None
 
 
-async def test_update_refuses_unknown_columns(db: aiosqlite.Connection) -> None:
+async def test_update_refuses_unknown_columns(db: Database) -> None:
     repo = JobRepository(db)
     job = await repo.create(new_job())
     with pytest.raises(ValueError, match="params"):
@@ -135,7 +132,7 @@ async def test_update_refuses_unknown_columns(db: aiosqlite.Connection) -> None:
     assert reloaded is not None and reloaded.updated_at == job.updated_at
 
 
-async def test_states_children_and_result_message(db: aiosqlite.Connection) -> None:
+async def test_states_children_and_result_message(db: Database) -> None:
     repo = JobRepository(db)
     parent = await repo.create(new_job())
     child = await repo.create(new_job(parent_id=parent.id, variant="subtle"))
@@ -160,8 +157,7 @@ async def test_reopening_the_file_keeps_rows(db_path: Path) -> None:
 
     second = await open_database(db_path)
     try:
-        async with second.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
+        row = await second.fetchone("PRAGMA user_version")
         assert row is not None and row[0] == latest_migration()
         reloaded = await JobRepository(second).get(job.id)
     finally:

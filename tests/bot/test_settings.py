@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.config import Settings, SettingsError, load_settings
+from bot.settings import Settings, SettingsError, load_settings
 
 TOKEN = "MTAxNDk.discord-token-value.Zx9"
 API_KEY = "pixazo-key-5a7c1e"

@@ -1,0 +1,100 @@
+"""Answering members: one path for errors, whatever they pressed or typed.
+
+:func:`report_error` turns any exception into one private, plain message: a
+:class:`~bot.errors.UserError` says what went wrong and what to do; anything else is logged
+with a reference and answered with a short apology naming it. The command tree's
+``on_error`` and every component (:class:`GuardedItem`) use it, so no traceback and no
+"interaction failed" ever reaches a member.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from bot.errors import UserError
+from bot.job_service import Origin
+from bot.pixazo import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+def origin_of(interaction: discord.Interaction[Any]) -> Origin:
+    """Who asks, where, and how to answer them later."""
+    assert interaction.channel_id is not None
+    return Origin(
+        guild_id=interaction.guild_id,
+        channel_id=interaction.channel_id,
+        user_id=interaction.user.id,
+        filesize_limit=interaction.filesize_limit,
+        application_id=interaction.application_id,
+        token=interaction.token,
+    )
+
+
+def describe_error(interaction: discord.Interaction[Any], error: BaseException) -> str:
+    """What the member is told about ``error`` (unexpected ones are logged here)."""
+    original = getattr(error, "original", None) or error.__cause__
+    if isinstance(original, UserError | InvalidRequest):
+        error = original
+    if isinstance(error, UserError):
+        return error.render()
+    if isinstance(error, InvalidRequest):  # refused locally by the Pixazo models
+        return UserError(error.message).render()
+    if isinstance(error, app_commands.TransformerError | app_commands.CheckFailure):
+        return str(error)
+    reference = f"{interaction.id:x}"[-8:]
+    log.error("interaction %s failed (ref %s)", interaction.id, reference, exc_info=error)
+    return f"Something went wrong on our side (reference `{reference}`). Please try again."
+
+
+async def reply_privately(interaction: discord.Interaction[Any], text: str) -> None:
+    """Tell the member alone, in whatever way the interaction still allows.
+
+    After a public deferral the "thinking" reply is removed and the text sent as an
+    ephemeral follow-up, so an error never leaves a public message behind.
+    """
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(
+                text, ephemeral=True, allowed_mentions=NO_MENTIONS
+            )
+            return
+        if interaction.type is discord.InteractionType.application_command or (
+            interaction.response.type is discord.InteractionResponseType.deferred_channel_message
+        ):
+            try:
+                await interaction.delete_original_response()
+            except discord.HTTPException:
+                pass
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+    except discord.HTTPException:
+        log.warning("could not tell member %s why their request failed", interaction.user.id)
+
+
+async def report_error(interaction: discord.Interaction[Any], error: BaseException) -> None:
+    """The one way an error ends: a private, plain message."""
+    await reply_privately(interaction, describe_error(interaction, error))
+
+
+class GuardedItem:
+    """Mixin for persistent items: every error of ``run`` ends in :func:`report_error`.
+
+    discord.py's dynamic items swallow exceptions silently (the member sees "interaction
+    failed"); items put their work in ``run`` instead of ``callback``.
+    """
+
+    async def run(self, interaction: discord.Interaction[Any]) -> None:
+        """What pressing the item does."""
+        raise NotImplementedError
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        try:
+            await self.run(interaction)
+        except Exception as exc:
+            await report_error(interaction, exc)

@@ -14,7 +14,13 @@ from bot.errors import UserError
 from bot.fair_use import MAX_BATCH
 from bot.interactions import origin_of
 from bot.job_service import JobService
-from bot.pixazo.models import SEED_MAX, STRENGTH_MAX, STRENGTH_MIN, AspectRatio
+from bot.pixazo.models import (
+    CREATIVITY_LEVELS,
+    SEED_MAX,
+    STRENGTH_MAX,
+    STRENGTH_MIN,
+    AspectRatio,
+)
 from bot.resolution import Inputs
 from bot.settings import Settings
 from bot.storage.config import ConfigStore
@@ -29,11 +35,16 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
 #: Strength sent for the ``avoid`` attachment: pushes away from that look.
 AVOID_STRENGTH = -1.0
 
+#: What each of Krea's creativity levels does, as the choices show it.
+CREATIVITY_HELP = {
+    "raw": "minimal interpretation, most literal",
+    "low": "strict adherence to the prompt",
+    "medium": "balanced (default)",
+    "high": "highly creative drift",
+}
 CREATIVITY_CHOICES = [
-    app_commands.Choice(name="raw: minimal interpretation, most literal", value="raw"),
-    app_commands.Choice(name="low: strict adherence to the prompt", value="low"),
-    app_commands.Choice(name="medium: balanced (default)", value="medium"),
-    app_commands.Choice(name="high: highly creative drift", value="high"),
+    app_commands.Choice(name=f"{level}: {CREATIVITY_HELP[level]}", value=level)
+    for level in CREATIVITY_LEVELS
 ]
 
 

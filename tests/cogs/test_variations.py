@@ -434,7 +434,7 @@ async def test_anyone_may_regenerate_by_default_and_the_new_job_is_theirs(world:
 
 async def test_requester_only_setting_refuses_another_member(world: World) -> None:
     other = world.discord.add_member(world.guild, "other")
-    async with world.bot():
+    async with world.bot() as bot:
         setting = await slash_reply(
             world, "settings buttons set", {"who": "requester"}, user=world.guild.admin
         )
@@ -448,6 +448,7 @@ async def test_requester_only_setting_refuses_another_member(world: World) -> No
         select = await press(world, result, "krea:reframe:1", user=other, values=["16:9"])
         assert reply_text(select) == REQUESTER_ONLY
 
+        await finished(bot)  # the result is recorded, so the reaction finds it
         await world.discord.react(result, "🔁", other)  # the same rule for reactions
         mine = await press(world, result, "krea:regen:1")  # the requester still may
         await world.result_of(mine)
@@ -460,8 +461,9 @@ async def test_requester_only_setting_refuses_another_member(world: World) -> No
 
 async def test_regenerate_reaction_starts_a_new_job(world: World) -> None:
     other = world.discord.add_member(world.guild, "other")
-    async with world.bot():
+    async with world.bot() as bot:
         _, result = await imagine_result(world, **RICH)
+        await finished(bot)  # the result is recorded, so reactions find it
         await world.discord.react(result, "🔁", other)
         reply = await world.discord.wait_for_message(
             lambda m: m.id != result.id and bool(m.attachments), timeout=10
@@ -481,16 +483,18 @@ async def test_regenerate_reaction_starts_a_new_job(world: World) -> None:
 
 
 async def test_delete_reaction_by_the_requester_deletes(world: World) -> None:
-    async with world.bot():
+    async with world.bot() as bot:
         _, result = await imagine_result(world, prompt="a cat", seed=1)
+        await finished(bot)  # the result is recorded, so reactions find it
         await world.discord.react(result, "❌", world.guild.member)
         await world.discord.wait_for(lambda: result.deleted, what="the result deleted")
 
 
 async def test_delete_reaction_by_a_stranger_is_ignored(world: World) -> None:
     stranger = world.discord.add_member(world.guild, "stranger")
-    async with world.bot():
+    async with world.bot() as bot:
         _, result = await imagine_result(world, prompt="a cat", seed=1)
+        await finished(bot)  # the result is recorded, so reactions find it
         await world.discord.react(result, "❌", stranger)
         # A later, visible action proves the reaction was handled before it.
         await world.discord.react(result, "🔁", stranger)
@@ -540,6 +544,17 @@ async def test_a_batch_of_four_is_one_grid_message_with_open_and_vary(world: Wor
     assert_no_traceback(bot_messages(world.discord))
 
 
+async def test_a_batch_of_four_downloads_each_image_exactly_once(world: World) -> None:
+    async with world.bot() as bot:
+        await imagine_result(world, prompt="four cats", seed=100, count=4)
+        await finished(bot)
+
+    downloads = world.pixazo.media_calls()
+    assert len(downloads) == 4  # N images, N downloads: delivery is handed the bytes
+    assert len({call.request_id for call in downloads}) == 4
+    assert {r["state"] for r in job_rows(world.db_path)} == {"completed"}
+
+
 async def test_delete_on_a_grid_removes_the_grid_even_after_open(world: World) -> None:
     async with world.bot():
         _, grid = await imagine_result(world, prompt="four cats", seed=100, count=4)
@@ -566,8 +581,9 @@ async def test_delete_reaction_by_a_moderator_deletes(world: World) -> None:
     moderator = world.discord.add_member(
         world.guild, "moderator", permissions=Permission.MANAGE_MESSAGES
     )
-    async with world.bot():
+    async with world.bot() as bot:
         _, result = await imagine_result(world, prompt="a cat", seed=1)
+        await finished(bot)  # the result is recorded, so the reaction finds it
         await world.discord.react(result, "❌", moderator)
         await world.discord.wait_for(lambda: result.deleted, what="the result deleted")
 

@@ -4,6 +4,7 @@ See `server.py` for the API overview and `fixtures.py` for the pytest fixtures.
 """
 
 from tests.fake_discord.models import (
+    BOOST_TIER_UPLOAD_LIMITS,
     CDN_URL_LIFETIME,
     DEFAULT_BOT_PERMISSIONS,
     DEFAULT_EVERYONE_PERMISSIONS,
@@ -12,6 +13,8 @@ from tests.fake_discord.models import (
     INTERACTION_TOKEN_LIFETIME,
     MESSAGE_FLAG_EPHEMERAL,
     MESSAGE_FLAG_LOADING,
+    NITRO_BASIC_UPLOAD_LIMIT,
+    NITRO_UPLOAD_LIMIT,
     ApiErrorRecord,
     CallbackRecord,
     DiscordApiError,
@@ -34,6 +37,7 @@ from tests.fake_discord.models import (
 from tests.fake_discord.server import FakeDiscord, GatewayConnection, GatewaySession, SyncRecord
 
 __all__ = [
+    "BOOST_TIER_UPLOAD_LIMITS",
     "CDN_URL_LIFETIME",
     "DEFAULT_BOT_PERMISSIONS",
     "DEFAULT_EVERYONE_PERMISSIONS",
@@ -42,6 +46,8 @@ __all__ = [
     "INTERACTION_TOKEN_LIFETIME",
     "MESSAGE_FLAG_EPHEMERAL",
     "MESSAGE_FLAG_LOADING",
+    "NITRO_BASIC_UPLOAD_LIMIT",
+    "NITRO_UPLOAD_LIMIT",
     "ApiErrorRecord",
     "CallbackRecord",
     "DiscordApiError",

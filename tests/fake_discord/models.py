@@ -20,6 +20,11 @@ JSON = dict[str, Any]
 
 MiB = 1024 * 1024
 DEFAULT_FILESIZE_LIMIT = 10 * MiB
+# The server's upload limit per boost tier (https://discord.com/developers/docs/reference
+# #uploading-files, DISCORD_FACTS.md "Uploads"; discord.py's `Guild._PREMIUM_GUILD_LIMITS`).
+BOOST_TIER_UPLOAD_LIMITS = {0: 10 * MiB, 1: 10 * MiB, 2: 50 * MiB, 3: 100 * MiB}
+NITRO_BASIC_UPLOAD_LIMIT = 50 * MiB
+NITRO_UPLOAD_LIMIT = 500 * MiB
 INTERACTION_RESPONSE_DEADLINE = 3.0
 INTERACTION_TOKEN_LIFETIME = 15 * 60.0
 CDN_URL_LIFETIME = 24 * 3600.0
@@ -234,6 +239,9 @@ class FakeMember:
     role_ids: list[int] = field(default_factory=list)
     nick: str | None = None
     joined_at: str = "2024-01-01T00:00:00+00:00"
+    # The member's own upload limit from Nitro (None: no Nitro). It raises the
+    # `attachment_size_limit` of their interactions, never the bot's channel messages.
+    nitro_upload_limit: int | None = None
 
     @property
     def id(self) -> int:

@@ -73,6 +73,7 @@ import yarl
 from aiohttp import WSMsgType, web
 
 from tests.fake_discord.models import (
+    BOOST_TIER_UPLOAD_LIMITS,
     CDN_URL_LIFETIME,
     DEFAULT_BOT_PERMISSIONS,
     DEFAULT_EVERYONE_PERMISSIONS,
@@ -102,6 +103,8 @@ from tests.fake_discord.models import (
     Upload,
     UploadedFile,
 )
+from tests.fake_discord.ratelimits import RateLimiter, RateLimitHit, RateLimits
+from tests.fake_discord.spec import check_request, has_request_schema
 from tests.fake_discord.validation import FormErrors, check_choices, check_message, check_modal
 
 T = TypeVar("T")
@@ -261,6 +264,8 @@ class FakeDiscord:
             does, as Discord does (subject to the IDENTIFY intents).
         cdn_base: base of attachment `url`s; `proxy_url`s always point at this server.
             Pass `None` to make `url` point at this server too (so `Attachment.read()` works).
+        rate_limits: Discord's REST rate limits to enforce (see ratelimits.py); default:
+            5 per 5 s per channel for message create and for message edit, 50/s globally.
     """
 
     def __init__(
@@ -272,6 +277,7 @@ class FakeDiscord:
         heartbeat_interval_ms: int = 41250,
         message_events: bool = True,
         cdn_base: str | None = "https://cdn.discordapp.com",
+        rate_limits: RateLimits | None = None,
     ) -> None:
         self._clock_source: Callable[[], float] = clock or time.monotonic
         self._clock_offset = 0.0
@@ -281,6 +287,8 @@ class FakeDiscord:
         self.token = token
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.message_events = message_events
+        # Validate request bodies against Discord's OpenAPI spec (spec.py); on by default.
+        self.validate_schemas = True
         # Real seconds `click()` waits after the message's HTTP response was written.
         self.click_settle = 0.02
         self._cdn_base = cdn_base
@@ -306,7 +314,10 @@ class FakeDiscord:
         self.requests: list[RecordedRequest] = []
         self.errors: list[ApiErrorRecord] = []
         self.rate_limited: list[RecordedRequest] = []
+        self.rate_limit_hits: list[RateLimitHit] = []
         self._rate_limits: list[RateLimitScript] = []
+        self.rate_limits = rate_limits or RateLimits()
+        self._limiter = RateLimiter(self.rate_limits, self.clock, self.wall_time)
 
         self.sessions: dict[str, GatewaySession] = {}
         self.connections: list[GatewayConnection] = []
@@ -467,11 +478,17 @@ class FakeDiscord:
         everyone_permissions: int = DEFAULT_EVERYONE_PERMISSIONS,
         bot_permissions: int = DEFAULT_BOT_PERMISSIONS,
         admin_permissions: int = Permission.MANAGE_GUILD,
-        filesize_limit: int = DEFAULT_FILESIZE_LIMIT,
+        filesize_limit: int | None = None,
         premium_tier: int = 0,
     ) -> FakeGuild:
         """A guild with `@everyone`, an Admin role (Manage Guild), a bot role, text channels,
-        and members: `owner`, `admin`, `member` (plain) and `bot_member`."""
+        and members: `owner`, `admin`, `member` (plain) and `bot_member`.
+
+        The upload limit follows the boost tier (10 MiB at tiers 0-1, 50 MiB at 2, 100 MiB
+        at 3) unless `filesize_limit` overrides it.
+        """
+        if filesize_limit is None:
+            filesize_limit = BOOST_TIER_UPLOAD_LIMITS[premium_tier]
         gid = self.new_id()
         owner_user = self._new_user(f"owner{len(self.guilds) or ''}")
         guild = FakeGuild(
@@ -540,12 +557,18 @@ class FakeDiscord:
         *,
         roles: Sequence[FakeRole] = (),
         permissions: int | None = None,
+        nitro_upload_limit: int | None = None,
     ) -> FakeMember:
-        """Add a member; `permissions` creates a dedicated role with those permissions."""
+        """Add a member; `permissions` creates a dedicated role with those permissions.
+
+        `nitro_upload_limit` (e.g. `NITRO_UPLOAD_LIMIT`) is the member's own upload limit:
+        their interactions get `attachment_size_limit` = max(guild's, member's).
+        """
         role_ids = [r.id for r in roles]
         if permissions is not None:
             role_ids.append(self.add_role(guild, f"{username}-role", permissions).id)
         member = self._attach_member(guild, self._new_user(username), role_ids)
+        member.nitro_upload_limit = nitro_upload_limit
         self._broadcast_soon("GUILD_MEMBER_ADD", {**member.payload(), "guild_id": str(guild.id)})
         return member
 
@@ -1399,7 +1422,10 @@ class FakeDiscord:
             "entitlement_sku_ids": [],
             "authorizing_integration_owners": {"0": str(guild.id)},
             "context": 0,
-            "attachment_size_limit": attachment_size_limit or guild.filesize_limit,
+            # https://discord.com/developers/docs/reference#uploading-files: "the maximum of"
+            # the server's boost limit and the member's Nitro limit.
+            "attachment_size_limit": attachment_size_limit
+            or max(guild.filesize_limit, member.nitro_upload_limit or 0),
         }
         if message is not None:
             payload["message"] = self.render_message(message)
@@ -1919,7 +1945,24 @@ class FakeDiscord:
             else:
                 if route.bot_auth:
                     self._check_auth(record.authorization)
-                status, response = await route.handler(ctx)
+                decision = self._limiter.admit(
+                    method,
+                    route.template,
+                    record.path,
+                    params,
+                    record.authorization,
+                    bot_route=route.bot_auth,
+                )
+                headers.update(decision.headers)
+                ctx.handle = self._interaction_of(params)
+                if not decision.allowed:
+                    assert decision.hit is not None
+                    status, response = 429, decision.body
+                    self.rate_limited.append(record)
+                    self.rate_limit_hits.append(decision.hit)
+                else:
+                    self._check_schema(method, route.template, body)
+                    status, response = await route.handler(ctx)
         except DiscordApiError as exc:
             status, response = exc.status, exc.body()
             error = ApiErrorRecord(exc.status, exc.code, exc.message, exc.errors, record)
@@ -1959,6 +2002,25 @@ class FakeDiscord:
         if path_matched:
             raise DiscordApiError(405, 0, "405: Method Not Allowed")
         raise DiscordApiError(404, 0, "404: Not Found")
+
+    def _interaction_of(self, params: Mapping[str, str]) -> InteractionHandle | None:
+        """The interaction an interaction-token route names (so its errors are recorded on
+        the handle even when the body is refused before the route's handler runs)."""
+        token = params.get("token")
+        if token is None:
+            return None
+        return self._interactions_by_token.get(token)
+
+    def _check_schema(self, method: str, template: str, body: Any) -> None:
+        """Validate a JSON (or multipart `payload_json`) body against the route's request
+        schema in Discord's OpenAPI spec (see spec.py); 400/50035 on violations."""
+        if not self.validate_schemas or body is None or not has_request_schema(method, template):
+            return
+        if isinstance(body, str):
+            raise DiscordApiError(400, 50109, "The request body contains invalid JSON.")
+        form = FormErrors()
+        check_request(method, template, body, form)
+        form.raise_if_any()
 
     def _check_auth(self, authorization: str | None) -> None:
         if not authorization or not authorization.startswith("Bot "):

@@ -82,6 +82,10 @@ DEFAULT_BOT_PERMISSIONS = (
 )
 """Permissions of the bot's managed role in a guild built by `FakeDiscord.add_guild`."""
 
+CHANNEL_TEXT = 0
+CHANNEL_VOICE = 2
+CHANNEL_STAGE = 13
+
 MESSAGE_FLAG_SUPPRESS_EMBEDS = 1 << 2
 MESSAGE_FLAG_EPHEMERAL = 1 << 6
 MESSAGE_FLAG_LOADING = 1 << 7
@@ -190,7 +194,8 @@ class PermissionOverwrite:
 
 @dataclass
 class FakeChannel:
-    """A guild text channel (or a DM channel when `guild_id` is None, type 1)."""
+    """A guild channel: text (type 0), voice (2) or stage (13), the last two with their text
+    chat; or a DM channel when `guild_id` is None (type 1)."""
 
     id: int
     guild_id: int | None
@@ -209,7 +214,7 @@ class FakeChannel:
                 "last_message_id": None,
                 "recipients": [self.recipient.payload()] if self.recipient else [],
             }
-        return {
+        data: JSON = {
             "id": str(self.id),
             "type": self.type,
             "guild_id": str(self.guild_id),
@@ -223,6 +228,9 @@ class FakeChannel:
             "rate_limit_per_user": 0,
             "flags": 0,
         }
+        if self.type in (CHANNEL_VOICE, CHANNEL_STAGE):
+            data.update(bitrate=64000, user_limit=0, rtc_region=None, video_quality_mode=1)
+        return data
 
     @property
     def mention(self) -> str:

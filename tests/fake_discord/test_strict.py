@@ -297,19 +297,23 @@ async def test_select_option_and_custom_emoji(api: Api) -> None:
 
 async def test_upload_limits_per_attachment_bot_token_and_nitro(fake_discord: FakeDiscord) -> None:
     fake = fake_discord
+    # A small guild limit keeps the uploads small (the boost tiers are tested below), and a
+    # roomy channel bucket keeps discord.py from waiting out the 5 per 5 s of the 6 sends.
+    fake.guild.filesize_limit = MiB
+    fake.rate_limits.message_create = (20, 5.0)
     nitro = fake.add_member(fake.guild, "nitro", nitro_upload_limit=NITRO_UPLOAD_LIMIT)
     results: dict[str, Any] = {}
 
     async def upload(interaction: discord.Interaction) -> None:
         await interaction.response.defer()
         results["limit"] = interaction.filesize_limit
-        big = discord.File(io.BytesIO(b"\0" * (11 * MiB)), "big.png")
+        big = discord.File(io.BytesIO(b"\0" * (MiB + MiB // 2)), "big.png")
         assert isinstance(interaction.channel, discord.TextChannel)
         try:
             await interaction.channel.send(file=big)
         except discord.HTTPException as exc:
             results["channel"] = (exc.status, exc.code)
-        two = [discord.File(io.BytesIO(b"\0" * (6 * MiB)), f"{n}.png") for n in "ab"]
+        two = [discord.File(io.BytesIO(b"\0" * (MiB * 3 // 4)), f"{n}.png") for n in "ab"]
         results["two_halves"] = len((await interaction.channel.send(files=two)).attachments)
         big.reset()
         try:
@@ -329,16 +333,16 @@ async def test_upload_limits_per_attachment_bot_token_and_nitro(fake_discord: Fa
         await fake.wait_for(lambda: results.get("done"), timeout=20, what="the uploads")
         assert results == {
             "limit": NITRO_UPLOAD_LIMIT,
-            "channel": (413, 40005),  # bot token: the guild's 10 MiB, whoever asked
-            "two_halves": 2,  # 12 MiB in all, but each file is under the limit
-            "followup": 11 * MiB,  # the interaction's attachment_size_limit
+            "channel": (413, 40005),  # bot token: the guild's 1 MiB, whoever asked
+            "two_halves": 2,  # 1.5 MiB in all, but each file is under the limit
+            "followup": MiB + MiB // 2,  # the interaction's attachment_size_limit
             "eleven": (400, 50035),  # at most 10 attachments
             "done": True,
         }
         results.clear()
         await fake.slash("upload")  # a member without Nitro: the followup is refused too
         await fake.wait_for(lambda: results.get("done"), timeout=20, what="the uploads")
-        assert results["limit"] == 10 * MiB
+        assert results["limit"] == MiB
         assert results["followup"] == (413, 40005)
 
 

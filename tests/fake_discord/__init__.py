@@ -3,8 +3,13 @@
 See `server.py` for the API overview and `fixtures.py` for the pytest fixtures.
 """
 
+from tests.fake_discord.intents import Intent
 from tests.fake_discord.models import (
+    BOOST_TIER_UPLOAD_LIMITS,
     CDN_URL_LIFETIME,
+    CHANNEL_STAGE,
+    CHANNEL_TEXT,
+    CHANNEL_VOICE,
     DEFAULT_BOT_PERMISSIONS,
     DEFAULT_EVERYONE_PERMISSIONS,
     DEFAULT_FILESIZE_LIMIT,
@@ -12,6 +17,8 @@ from tests.fake_discord.models import (
     INTERACTION_TOKEN_LIFETIME,
     MESSAGE_FLAG_EPHEMERAL,
     MESSAGE_FLAG_LOADING,
+    NITRO_BASIC_UPLOAD_LIMIT,
+    NITRO_UPLOAD_LIMIT,
     ApiErrorRecord,
     CallbackRecord,
     DiscordApiError,
@@ -31,10 +38,23 @@ from tests.fake_discord.models import (
     Upload,
     UploadedFile,
 )
-from tests.fake_discord.server import FakeDiscord, GatewayConnection, GatewaySession, SyncRecord
+from tests.fake_discord.ratelimits import RateLimitHit, RateLimits
+from tests.fake_discord.server import (
+    STORM_KINDS,
+    FakeDiscord,
+    GatewayConnection,
+    GatewaySession,
+    IdentifyRecord,
+    StormReport,
+    SyncRecord,
+)
 
 __all__ = [
+    "BOOST_TIER_UPLOAD_LIMITS",
     "CDN_URL_LIFETIME",
+    "CHANNEL_STAGE",
+    "CHANNEL_TEXT",
+    "CHANNEL_VOICE",
     "DEFAULT_BOT_PERMISSIONS",
     "DEFAULT_EVERYONE_PERMISSIONS",
     "DEFAULT_FILESIZE_LIMIT",
@@ -42,6 +62,9 @@ __all__ = [
     "INTERACTION_TOKEN_LIFETIME",
     "MESSAGE_FLAG_EPHEMERAL",
     "MESSAGE_FLAG_LOADING",
+    "NITRO_BASIC_UPLOAD_LIMIT",
+    "NITRO_UPLOAD_LIMIT",
+    "STORM_KINDS",
     "ApiErrorRecord",
     "CallbackRecord",
     "DiscordApiError",
@@ -54,13 +77,18 @@ __all__ = [
     "FakeUser",
     "GatewayConnection",
     "GatewaySession",
+    "IdentifyRecord",
+    "Intent",
     "InteractionHandle",
     "MessageRevision",
     "MiB",
     "Permission",
     "PermissionOverwrite",
+    "RateLimitHit",
+    "RateLimits",
     "RecordedRequest",
     "StoredAttachment",
+    "StormReport",
     "SyncRecord",
     "Upload",
     "UploadedFile",

@@ -37,8 +37,19 @@ async def fake_discord() -> AsyncIterator[FakeDiscord]:
             yield fake
 
 
+def _connected(bot: discord.Client) -> bool:
+    if isinstance(bot, discord.AutoShardedClient):  # one websocket per shard, no `bot.ws`
+        shards = bot.shards
+        return (
+            bool(shards)
+            and len(shards) == len(bot.shard_ids or range(bot.shard_count or 0))
+            and not any(shard.is_closed() for shard in shards.values())
+        )
+    return bot.ws is not None and bot.ws.open
+
+
 def _guilds_cached(bot: discord.Client, fake: FakeDiscord) -> bool:
-    if bot.ws is None or not bot.ws.open or bot.user is None:
+    if not _connected(bot) or bot.user is None:
         return False
     for guild_id in fake.guilds:
         guild = bot.get_guild(guild_id)

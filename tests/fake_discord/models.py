@@ -20,6 +20,11 @@ JSON = dict[str, Any]
 
 MiB = 1024 * 1024
 DEFAULT_FILESIZE_LIMIT = 10 * MiB
+# The server's upload limit per boost tier (https://discord.com/developers/docs/reference
+# #uploading-files, DISCORD_FACTS.md "Uploads"; discord.py's `Guild._PREMIUM_GUILD_LIMITS`).
+BOOST_TIER_UPLOAD_LIMITS = {0: 10 * MiB, 1: 10 * MiB, 2: 50 * MiB, 3: 100 * MiB}
+NITRO_BASIC_UPLOAD_LIMIT = 50 * MiB
+NITRO_UPLOAD_LIMIT = 500 * MiB
 INTERACTION_RESPONSE_DEADLINE = 3.0
 INTERACTION_TOKEN_LIFETIME = 15 * 60.0
 CDN_URL_LIFETIME = 24 * 3600.0
@@ -76,6 +81,10 @@ DEFAULT_BOT_PERMISSIONS = (
     | Permission.USE_EXTERNAL_EMOJIS
 )
 """Permissions of the bot's managed role in a guild built by `FakeDiscord.add_guild`."""
+
+CHANNEL_TEXT = 0
+CHANNEL_VOICE = 2
+CHANNEL_STAGE = 13
 
 MESSAGE_FLAG_SUPPRESS_EMBEDS = 1 << 2
 MESSAGE_FLAG_EPHEMERAL = 1 << 6
@@ -185,7 +194,8 @@ class PermissionOverwrite:
 
 @dataclass
 class FakeChannel:
-    """A guild text channel (or a DM channel when `guild_id` is None, type 1)."""
+    """A guild channel: text (type 0), voice (2) or stage (13), the last two with their text
+    chat; or a DM channel when `guild_id` is None (type 1)."""
 
     id: int
     guild_id: int | None
@@ -204,7 +214,7 @@ class FakeChannel:
                 "last_message_id": None,
                 "recipients": [self.recipient.payload()] if self.recipient else [],
             }
-        return {
+        data: JSON = {
             "id": str(self.id),
             "type": self.type,
             "guild_id": str(self.guild_id),
@@ -218,6 +228,9 @@ class FakeChannel:
             "rate_limit_per_user": 0,
             "flags": 0,
         }
+        if self.type in (CHANNEL_VOICE, CHANNEL_STAGE):
+            data.update(bitrate=64000, user_limit=0, rtc_region=None, video_quality_mode=1)
+        return data
 
     @property
     def mention(self) -> str:
@@ -234,6 +247,9 @@ class FakeMember:
     role_ids: list[int] = field(default_factory=list)
     nick: str | None = None
     joined_at: str = "2024-01-01T00:00:00+00:00"
+    # The member's own upload limit from Nitro (None: no Nitro). It raises the
+    # `attachment_size_limit` of their interactions, never the bot's channel messages.
+    nitro_upload_limit: int | None = None
 
     @property
     def id(self) -> int:

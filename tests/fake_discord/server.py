@@ -13,38 +13,54 @@ Quick start::
                 click = await fake.click(msg, msg.custom_id_matching("krea:regen:"))
 
 World building (call before the bot connects; later calls also send the gateway events):
+    `FakeDiscord(*, token, rate_limits=RateLimits(...), shards=1, max_concurrency=1,
+    max_guilds_per_shard=2500, enforce_identify_rate=False, privileged_intents=...)`.
     `add_guild(name=..., channels=("general",), everyone_permissions=..., bot_permissions=...,
-    filesize_limit=10 MiB) -> FakeGuild` with `.owner`, `.admin` (Manage Guild), `.member`,
-    `.bot_member`, `.channel`; `add_channel`, `add_role`, `add_member`, `set_overwrite`,
-    `remove_guild`. `fake.bot_user`, `fake.application_id`.
+    premium_tier=0, filesize_limit=None) -> FakeGuild` (upload limit from the boost tier) with
+    `.owner`, `.admin` (Manage Guild), `.member`, `.bot_member`, `.channel`;
+    `add_channel(guild, name, type=CHANNEL_TEXT | CHANNEL_VOICE | CHANNEL_STAGE)`, `add_role`,
+    `add_member(guild, name, *, nitro_upload_limit=None)`, `set_overwrite`, `remove_guild`.
+    `fake.bot_user`, `fake.application_id`.
 
 Interactions (each returns an `InteractionHandle`, see models.py):
     `slash(name, options, *, guild, channel, user, attachment_size_limit)` — `name` may be
     "group sub" or "cmd sub"; option types come from the synced command (else inferred from
     the Python value; `Upload(...)` -> attachment option resolved with a signed CDN URL).
+    `attachment_size_limit` defaults to max(guild's limit, the member's Nitro limit).
     `autocomplete(name, options, focused=...)`, `click(message, custom_id, *, values, user)`,
     `submit_modal(handle_that_got_the_modal, {custom_id: value}, *, user)`.
 
-Other events: `dispatch(event, data)`, `react(message, emoji, user)`, `unreact(...)`,
-    `post_message(channel, content, author)`, `delete_message(message)`.
+Other events: `emit(event, data) -> sessions reached` (filtered by the intents each session
+    identified with and routed to the guild's shard; `dispatch` is the same without the
+    result), `react(message, emoji, user)`, `unreact(...)`, `post_message(channel, content,
+    author)`, `delete_message(message)`, `await storm(rate=2000, duration=1.0, *, guild,
+    kinds=STORM_KINDS) -> StormReport` (busy-server chatter for benchmarks).
 
 Reading back: `messages(channel=None, include_deleted=..., include_ephemeral=...)`,
     `message(id)`, `last_message(channel)`, `requests`, `find_requests(method, route)`,
-    `errors`, `rate_limited`, `command_syncs`, `sync_log`, `commands(guild)`, `interactions`,
-    `connections`, `identify_count`, `resume_count`, `fetch_cdn(url)`.
+    `errors`, `rate_limited`, `rate_limit_hits` (real 429s: scope, bucket, retry_after),
+    `command_syncs`, `sync_log`, `commands(guild)`, `interactions`, `connections` (each with
+    `shard`, `compression`, `events_sent`, `frames_sent`, `bytes_sent`), `identify_count`,
+    `identify_log`, `resume_count`, `events_filtered`, `fetch_cdn(url)`.
     `await wait_for(predicate, timeout)`, `await wait_for_message(predicate, channel=...)`,
     `await wait_for_connections(n)`.
 
 Control: `clock()`, `advance(seconds)`, `wall_time()`, `rate_limit_next(route_substring,
-    retry_after=0.2)`, `drop_connections(code=4000)` (clients RESUME), `send_reconnect()`,
+    retry_after=0.2)` (a scripted 429), `rate_limits` (change limits while running),
+    `validate_schemas`, `drop_connections(code=4000)` (clients RESUME), `send_reconnect()`,
     `invalidate_sessions()`.
 
-Enforced (Discord's status and code): 3 s initial response (404/10062), one initial response
-(400/40060), 15 min token (401/50027), message/embeds/components/modal/choices limits
-(400/50035), empty message (400/50006), uploads over the limit (413/40005), unknown message
-(404/10008), unknown channel (404/10003), channel permissions for bot-token sends (403/50001,
-403/50013), editing others' messages (403/50005). Gateway frames are plain JSON text (discord.py
-accepts them whatever compression it asked for).
+Enforced (Discord's status and code; README.md beside this file says where each rule comes
+from): request bodies against Discord's OpenAPI schemas (400/50035 with nested errors, spec.py;
+invalid JSON 400/50109), component emoji (50035 BUTTON_COMPONENT_INVALID_EMOJI), 3 s initial
+response (404/10062), one initial response (400/40060), 15 min token (401/50027),
+message/embeds/components/modal/choices limits (400/50035), empty message (400/50006), uploads
+over the limit per attachment (413/40005), at most 10 attachments, rate limits (429 with
+Discord's headers, ratelimits.py), unknown message (404/10008), unknown channel (404/10003),
+channel permissions for bot-token sends and reads, Connect for voice/stage chat reads
+(403/50001, 403/50013), editing others' messages (403/50005). Gateway: intents (intents.py),
+shards (4010, 4011), identify rate per max_concurrency bucket (recorded; op 9 if enforced),
+privileged intents (4014), zlib-stream/zstd-stream transport compression when asked for.
 """
 
 # The test-facing API takes `timeout=` as the brief asks (asyncio.timeout would be clumsier).
@@ -63,6 +79,7 @@ import secrets
 import struct
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -72,8 +89,12 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import yarl
 from aiohttp import WSMsgType, web
 
+from tests.fake_discord.intents import Intent, event_guild_id, required_intent
 from tests.fake_discord.models import (
+    BOOST_TIER_UPLOAD_LIMITS,
     CDN_URL_LIFETIME,
+    CHANNEL_STAGE,
+    CHANNEL_VOICE,
     DEFAULT_BOT_PERMISSIONS,
     DEFAULT_EVERYONE_PERMISSIONS,
     DEFAULT_FILESIZE_LIMIT,
@@ -102,6 +123,8 @@ from tests.fake_discord.models import (
     Upload,
     UploadedFile,
 )
+from tests.fake_discord.ratelimits import RateLimiter, RateLimitHit, RateLimits
+from tests.fake_discord.spec import check_request, has_request_schema
 from tests.fake_discord.validation import FormErrors, check_choices, check_message, check_modal
 
 T = TypeVar("T")
@@ -109,10 +132,10 @@ T = TypeVar("T")
 DISCORD_EPOCH_MS = 1420070400000
 API_PREFIXES = ("/api/v10", "/api/v9")
 EDITABLE_FLAGS = MESSAGE_FLAG_SUPPRESS_EMBEDS | MESSAGE_FLAG_COMPONENTS_V2
+VOICE_CHANNEL_TYPES = (CHANNEL_VOICE, CHANNEL_STAGE)
 SENDABLE_FLAGS = EDITABLE_FLAGS | MESSAGE_FLAG_EPHEMERAL | (1 << 12)  # 1<<12 suppress notif.
-INTENT_GUILD_MESSAGES = 1 << 9
-INTENT_GUILD_MESSAGE_REACTIONS = 1 << 10
-INTENT_DIRECT_MESSAGES = 1 << 12
+IDENTIFY_WINDOW = 5.0  # seconds per identify bucket (gateway docs, "max_concurrency")
+SESSION_START_TOTAL = 1000  # identifies per 24 h (gateway docs, "Session Start Limit")
 
 
 def _iso(ts: float | None) -> str | None:
@@ -171,11 +194,27 @@ class GatewaySession:
     buffer: list[JSON] = field(default_factory=list)
     connection: GatewayConnection | None = None
     invalidated: bool = False
+    shard: tuple[int, int] = (0, 1)
+    # Events not sent to this session because it did not identify with their intent.
+    events_filtered: int = 0
+
+    def gets_guild(self, guild_id: int) -> bool:
+        """Whether `guild_id` is routed to this session's shard: `(guild_id >> 22) % count`
+        (https://discord.com/developers/docs/events/gateway#sharding-sharding-formula)."""
+        shard_id, count = self.shard
+        return count <= 1 or (guild_id >> 22) % count == shard_id
 
 
 @dataclass
 class GatewayConnection:
-    """One websocket connection from a client."""
+    """One websocket connection from a client.
+
+    With `?compress=zlib-stream` every frame is a binary chunk of one zlib stream per
+    connection, each ending in a Z_SYNC_FLUSH; with `zstd-stream` (when `zstandard` is
+    importable) each frame is a flushed block of one zstd stream; otherwise frames are JSON
+    text (https://discord.com/developers/docs/events/gateway#transport-compression).
+    `events_sent`, `frames_sent` and `bytes_sent` count what went over the wire.
+    """
 
     ws: web.WebSocketResponse
     query: dict[str, str]
@@ -186,16 +225,57 @@ class GatewayConnection:
     closed: bool = False
     heartbeats: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    events_sent: int = 0
+    frames_sent: int = 0
+    bytes_sent: int = 0
+    compression: str | None = field(init=False, default=None)
+    _encode: Callable[[bytes], bytes] | None = field(init=False, default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        asked = self.query.get("compress")
+        if asked == "zlib-stream":
+            zlib_context = zlib.compressobj()
+            self.compression = asked
+            self._encode = lambda data: (
+                zlib_context.compress(data) + zlib_context.flush(zlib.Z_SYNC_FLUSH)
+            )
+        elif asked == "zstd-stream":
+            try:
+                import zstandard
+            except ImportError:  # the fake cannot compress it: plain JSON, which clients read
+                return
+            zstd_context = zstandard.ZstdCompressor().compressobj()
+            self.compression = asked
+            self._encode = lambda data: (
+                zstd_context.compress(data) + zstd_context.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+            )
 
     async def send(self, payload: JSON) -> None:
-        """Send one JSON text frame."""
+        """Send one gateway payload (compressed if the client asked for it)."""
+        text = json.dumps(payload)  # ASCII: len(text) is its size in bytes
         async with self.lock:
             if self.ws.closed:
                 return
             try:
-                await self.ws.send_str(json.dumps(payload))
+                if self._encode is None:
+                    await self.ws.send_str(text)
+                    size = len(text)
+                else:
+                    data = self._encode(text.encode())
+                    await self.ws.send_bytes(data)
+                    size = len(data)
             except (ConnectionError, RuntimeError):
                 self.closed = True  # the client vanished; RESUME replays from the buffer
+                return
+            self.frames_sent += 1
+            self.bytes_sent += size
+            if payload.get("op") == 0:
+                self.events_sent += 1
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        """`[shard_id, shard_count]` this connection identified with (None before)."""
+        return self.session.shard if self.session is not None else None
 
     @property
     def ready(self) -> bool:
@@ -212,6 +292,61 @@ class RateLimitScript:
     remaining: int
     method: str | None
     is_global: bool
+
+
+@dataclass
+class IdentifyRecord:
+    """One IDENTIFY the fake received."""
+
+    time: float
+    shard: tuple[int, int]
+    rate_limit_key: int
+    # True when it came less than 5 s after another identify of the same bucket
+    # (shard_id % max_concurrency): Discord answers those with op 9 Invalid Session.
+    too_soon: bool
+    accepted: bool
+
+
+@dataclass
+class StormReport:
+    """What `FakeDiscord.storm()` generated and what reached the clients."""
+
+    generated: int
+    delivered: int
+    filtered: int
+    seconds: float
+    events_per_connection: list[int]
+    bytes_per_connection: list[int]
+
+    @property
+    def rate(self) -> float:
+        """Events generated per second (real time)."""
+        return self.generated / self.seconds if self.seconds else 0.0
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes on the wire over every connection during the storm."""
+        return sum(self.bytes_per_connection)
+
+
+STORM_KINDS = ("message", "typing", "reaction", "member_update")
+# Events that may come without a guild (DMs): with shards, only shard 0 gets those.
+DM_EVENTS = frozenset(
+    {
+        "MESSAGE_CREATE",
+        "MESSAGE_UPDATE",
+        "MESSAGE_DELETE",
+        "MESSAGE_DELETE_BULK",
+        "CHANNEL_PINS_UPDATE",
+        "MESSAGE_REACTION_ADD",
+        "MESSAGE_REACTION_REMOVE",
+        "MESSAGE_REACTION_REMOVE_ALL",
+        "MESSAGE_REACTION_REMOVE_EMOJI",
+        "TYPING_START",
+        "INTERACTION_CREATE",
+        "CHANNEL_CREATE",
+    }
+)
 
 
 @dataclass
@@ -261,6 +396,18 @@ class FakeDiscord:
             does, as Discord does (subject to the IDENTIFY intents).
         cdn_base: base of attachment `url`s; `proxy_url`s always point at this server.
             Pass `None` to make `url` point at this server too (so `Attachment.read()` works).
+        rate_limits: Discord's REST rate limits to enforce (see ratelimits.py); default:
+            5 per 5 s per channel for message create and for message edit, 50/s globally.
+        shards: the shard count `GET /gateway/bot` recommends.
+        max_concurrency: `session_start_limit.max_concurrency`: identifies allowed per 5 s,
+            one per bucket `shard_id % max_concurrency`.
+        max_guilds_per_shard: more guilds than this on one connection closes it with 4011
+            (Discord: 2500).
+        enforce_identify_rate: answer an identify that comes too soon for its bucket with
+            op 9 Invalid Session, as Discord does; by default it is only recorded
+            (`identify_log`), since discord.py bots restarted by tests re-identify at once.
+        privileged_intents: the privileged intents enabled for the application; asking for
+            another one closes the connection with 4014.
     """
 
     def __init__(
@@ -272,6 +419,12 @@ class FakeDiscord:
         heartbeat_interval_ms: int = 41250,
         message_events: bool = True,
         cdn_base: str | None = "https://cdn.discordapp.com",
+        rate_limits: RateLimits | None = None,
+        shards: int = 1,
+        max_concurrency: int = 1,
+        max_guilds_per_shard: int = 2500,
+        enforce_identify_rate: bool = False,
+        privileged_intents: int = Intent.PRIVILEGED,
     ) -> None:
         self._clock_source: Callable[[], float] = clock or time.monotonic
         self._clock_offset = 0.0
@@ -281,6 +434,8 @@ class FakeDiscord:
         self.token = token
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.message_events = message_events
+        # Validate request bodies against Discord's OpenAPI spec (spec.py); on by default.
+        self.validate_schemas = True
         # Real seconds `click()` waits after the message's HTTP response was written.
         self.click_settle = 0.02
         self._cdn_base = cdn_base
@@ -306,11 +461,24 @@ class FakeDiscord:
         self.requests: list[RecordedRequest] = []
         self.errors: list[ApiErrorRecord] = []
         self.rate_limited: list[RecordedRequest] = []
+        self.rate_limit_hits: list[RateLimitHit] = []
         self._rate_limits: list[RateLimitScript] = []
+        self.rate_limits = rate_limits or RateLimits()
+        self._limiter = RateLimiter(self.rate_limits, self.clock, self.wall_time)
 
         self.sessions: dict[str, GatewaySession] = {}
         self.connections: list[GatewayConnection] = []
         self.identify_count = 0
+        self.identify_log: list[IdentifyRecord] = []
+        self.recommended_shards = shards
+        self.max_concurrency = max_concurrency
+        self.max_guilds_per_shard = max_guilds_per_shard
+        self.enforce_identify_rate = enforce_identify_rate
+        self.privileged_intents = privileged_intents
+        self.session_starts = 0
+        self._identify_buckets: dict[int, float] = {}
+        self.events_filtered = 0
+        self._storm_cast: dict[int, tuple[list[FakeMember], FakeMessage]] = {}
         self.resume_count = 0
         self.gateway_events: list[JSON] = []
 
@@ -467,11 +635,17 @@ class FakeDiscord:
         everyone_permissions: int = DEFAULT_EVERYONE_PERMISSIONS,
         bot_permissions: int = DEFAULT_BOT_PERMISSIONS,
         admin_permissions: int = Permission.MANAGE_GUILD,
-        filesize_limit: int = DEFAULT_FILESIZE_LIMIT,
+        filesize_limit: int | None = None,
         premium_tier: int = 0,
     ) -> FakeGuild:
         """A guild with `@everyone`, an Admin role (Manage Guild), a bot role, text channels,
-        and members: `owner`, `admin`, `member` (plain) and `bot_member`."""
+        and members: `owner`, `admin`, `member` (plain) and `bot_member`.
+
+        The upload limit follows the boost tier (10 MiB at tiers 0-1, 50 MiB at 2, 100 MiB
+        at 3) unless `filesize_limit` overrides it.
+        """
+        if filesize_limit is None:
+            filesize_limit = BOOST_TIER_UPLOAD_LIMITS[premium_tier]
         gid = self.new_id()
         owner_user = self._new_user(f"owner{len(self.guilds) or ''}")
         guild = FakeGuild(
@@ -540,12 +714,18 @@ class FakeDiscord:
         *,
         roles: Sequence[FakeRole] = (),
         permissions: int | None = None,
+        nitro_upload_limit: int | None = None,
     ) -> FakeMember:
-        """Add a member; `permissions` creates a dedicated role with those permissions."""
+        """Add a member; `permissions` creates a dedicated role with those permissions.
+
+        `nitro_upload_limit` (e.g. `NITRO_UPLOAD_LIMIT`) is the member's own upload limit:
+        their interactions get `attachment_size_limit` = max(guild's, member's).
+        """
         role_ids = [r.id for r in roles]
         if permissions is not None:
             role_ids.append(self.add_role(guild, f"{username}-role", permissions).id)
         member = self._attach_member(guild, self._new_user(username), role_ids)
+        member.nitro_upload_limit = nitro_upload_limit
         self._broadcast_soon("GUILD_MEMBER_ADD", {**member.payload(), "guild_id": str(guild.id)})
         return member
 
@@ -986,7 +1166,7 @@ class FakeDiscord:
         author: FakeMember | FakeUser | None = None,
         attachments: Sequence[Upload] = (),
     ) -> FakeMessage:
-        """A user posts a message (MESSAGE_CREATE is sent regardless of intents)."""
+        """A user posts a message (MESSAGE_CREATE goes to sessions with GUILD_MESSAGES)."""
         channel = channel or self.guild.channel
         _, guild = self._find_channel(channel.id)
         if author is None:
@@ -1210,20 +1390,61 @@ class FakeDiscord:
         elif op == 8:
             await self._request_members(conn, data)
 
+    def _parse_shard(self, raw: Any) -> tuple[int, int] | None:
+        if raw is None:
+            return 0, 1
+        if (
+            not isinstance(raw, list)
+            or len(raw) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in raw)
+        ):
+            return None
+        shard_id, count = raw
+        return (shard_id, count) if count >= 1 and 0 <= shard_id < count else None
+
     async def _identify(self, conn: GatewayConnection, data: Any) -> None:
+        """IDENTIFY: token (4004), privileged intents (4014), shard (4010), identify rate per
+        `max_concurrency` bucket (op 9), guilds per shard (4011), then READY and the shard's
+        GUILD_CREATEs. Close codes: https://discord.com/developers/docs/topics/opcodes-and-
+        status-codes#gateway-gateway-close-event-codes; sharding and max_concurrency:
+        https://discord.com/developers/docs/events/gateway#sharding."""
         token = str(data.get("token", ""))
         if self.token is not None and token != self.token:
             await conn.ws.close(code=4004, message=b"Authentication failed.")
             return
+        intents = int(data.get("intents", 0))
+        if intents & Intent.PRIVILEGED & ~self.privileged_intents:
+            await conn.ws.close(code=4014, message=b"Disallowed intent(s).")
+            return
+        shard = self._parse_shard(data.get("shard"))
+        if shard is None:
+            await conn.ws.close(code=4010, message=b"Invalid shard.")
+            return
+        now = self.clock()
+        key = shard[0] % max(self.max_concurrency, 1)
+        last = self._identify_buckets.get(key)
+        too_soon = last is not None and now - last < IDENTIFY_WINDOW
+        accepted = not (too_soon and self.enforce_identify_rate)
+        self.identify_log.append(IdentifyRecord(now, shard, key, too_soon, accepted))
+        if not accepted:
+            await conn.send({"op": 9, "d": False, "s": None, "t": None})
+            return
+        self._identify_buckets[key] = now
+        self.session_starts += 1
+        probe = GatewaySession("", token, intents, shard=shard)
+        guilds = [g for g in self.guilds.values() if probe.gets_guild(g.id)]
+        if len(guilds) > self.max_guilds_per_shard:
+            await conn.ws.close(code=4011, message=b"Sharding required.")
+            return
         self.identify_count += 1
         conn.identify = data
-        session = GatewaySession(uuid.uuid4().hex, token, int(data.get("intents", 0)))
+        session = GatewaySession(uuid.uuid4().hex, token, intents, shard=shard)
         self.sessions[session.id] = session
         session.connection = conn
         ready = {
             "v": 10,
             "user": {**self.bot_user.payload(), "verified": True, "mfa_enabled": False},
-            "guilds": [{"id": str(g.id), "unavailable": True} for g in self.guilds.values()],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": self.gateway_url,
@@ -1236,8 +1457,12 @@ class FakeDiscord:
             "guild_join_requests": [],
             "_trace": ["fake"],
         }
+        if data.get("shard") is not None:
+            ready["shard"] = list(shard)
         await self._send_dispatch(session, "READY", ready)
-        for guild in list(self.guilds.values()):
+        # The GUILD_CREATEs of a new session are sent whatever the intents ("Guild Create ...
+        # uniquely affected by intents", gateway docs, Caveats).
+        for guild in guilds:
             await self._send_dispatch(session, "GUILD_CREATE", guild.payload())
         conn.session = session  # set last: `conn.ready` means the guilds were sent
         self._notify()
@@ -1307,17 +1532,167 @@ class FakeDiscord:
     def _active_sessions(self) -> list[GatewaySession]:
         return [s for s in self.sessions.values() if not s.invalidated]
 
-    async def dispatch(self, event: str, data: JSON, *, intents: int | None = None) -> None:
-        """Send a DISPATCH event to every live session (buffered for sessions mid-reconnect).
+    def _routes_to(self, session: GatewaySession, event: str, guild_id: int | None) -> bool:
+        if guild_id is not None:
+            return session.gets_guild(guild_id)
+        if event in DM_EVENTS:
+            return session.shard[0] == 0  # "only the first shard would receive DMs"
+        return True
 
-        With `intents`, only sessions that identified with one of those intent bits get it.
+    async def emit(
+        self, event: str, data: JSON, *, intents: int | None = None, record: bool = True
+    ) -> int:
+        """Send a DISPATCH event as Discord would; returns how many sessions got it.
+
+        A session gets it only if it identified with the event's intent (intents.py, from
+        Discord's "List of Intents") and, when sharded, the event's guild is on its shard
+        (DMs go to shard 0). Sessions mid-reconnect get it on RESUME (buffered). With
+        `intents`, the session also needs one of those bits. `record=False` keeps it out of
+        `gateway_events` (for storms).
         """
-        self.gateway_events.append({"t": event, "d": data})
+        if record:
+            self.gateway_events.append({"t": event, "d": data})
+        needed = required_intent(event, data, current_user_id=self.bot_user.id)
+        guild_id = event_guild_id(event, data)
+        delivered = 0
         for session in self._active_sessions():
-            if intents is not None and not session.intents & intents:
+            if not self._routes_to(session, event, guild_id):
+                continue
+            if (needed and not session.intents & needed) or (
+                intents is not None and not session.intents & intents
+            ):
+                session.events_filtered += 1
+                self.events_filtered += 1
                 continue
             await self._send_dispatch(session, event, data)
+            delivered += 1
         self._notify()
+        return delivered
+
+    async def dispatch(self, event: str, data: JSON, *, intents: int | None = None) -> None:
+        """`emit()` without its result (kept for existing callers)."""
+        await self.emit(event, data, intents=intents)
+
+    # ------------------------------------------------------------------ storms
+
+    def _storm_cast_for(
+        self, guild: FakeGuild, authors: int
+    ) -> tuple[list[FakeMember], FakeMessage]:
+        """Members who chat in `guild` (not announced: the bot meets them in the events, as
+        in a large guild it never chunked) and a message of theirs to react to."""
+        cast = self._storm_cast.get(guild.id)
+        if cast is None or len(cast[0]) < authors:
+            members = [
+                self._attach_member(guild, self._new_user(f"chatter{i}"), [])
+                for i in range(authors)
+            ]
+            target = FakeMessage(
+                id=self.new_id(),
+                channel_id=guild.channel.id,
+                guild_id=guild.id,
+                author=members[0].user,
+                content="react to me",
+                created_at=self.wall_time(),
+            )
+            self._messages[target.id] = target
+            cast = (members, target)
+            self._storm_cast[guild.id] = cast
+        return cast
+
+    def _storm_event(
+        self, kind: str, guild: FakeGuild, member: FakeMember, target: FakeMessage, n: int
+    ) -> tuple[str, JSON]:
+        channels = [c for c in guild.channels.values() if c.type == 0] or [guild.channel]
+        channel = channels[n % len(channels)]
+        if kind == "message":
+            return "MESSAGE_CREATE", {
+                "id": str(self.new_id()),
+                "channel_id": str(channel.id),
+                "guild_id": str(guild.id),
+                "author": member.user.payload(),
+                "member": member.payload(with_user=False),
+                "content": f"message {n} from {member.user.username}: " + "lorem ipsum " * 4,
+                "timestamp": _iso(self.wall_time()),
+                "edited_timestamp": None,
+                "tts": False,
+                "mention_everyone": False,
+                "mentions": [],
+                "mention_roles": [],
+                "attachments": [],
+                "embeds": [],
+                "components": [],
+                "pinned": False,
+                "type": 0,
+                "flags": 0,
+                "nonce": str(n),
+            }
+        if kind == "typing":
+            return "TYPING_START", {
+                "channel_id": str(channel.id),
+                "guild_id": str(guild.id),
+                "user_id": str(member.id),
+                "timestamp": int(self.wall_time()),
+                "member": member.payload(),
+            }
+        if kind == "reaction":
+            data = self._reaction_event(target, ("👍", "😂", "🔥")[n % 3], member.user, member)
+            data.update(
+                message_author_id=str(target.author.id), burst=False, burst_colors=[], type=0
+            )
+            return "MESSAGE_REACTION_ADD", data
+        if kind == "member_update":
+            member.nick = f"nick {n}"
+            return "GUILD_MEMBER_UPDATE", {**member.payload(), "guild_id": str(guild.id)}
+        raise ValueError(f"unknown storm event kind {kind!r} (one of {STORM_KINDS})")
+
+    async def storm(
+        self,
+        rate: float = 2000.0,
+        duration: float = 1.0,
+        *,
+        guild: FakeGuild | None = None,
+        kinds: Sequence[str] = STORM_KINDS,
+        authors: int = 20,
+    ) -> StormReport:
+        """Busy-server chatter for a benchmark: `rate` events per second for `duration` real
+        seconds, cycling through `kinds` (messages, typing, reactions on a member's message,
+        member updates) from `authors` members of `guild`.
+
+        Each event goes through `emit()` (so intents and shards filter it) but is not kept in
+        `gateway_events`. The report counts events generated, deliveries, events filtered out
+        by intents, and the events and bytes each live connection sent meanwhile.
+        """
+        guild = guild or self.guild
+        members, target = self._storm_cast_for(guild, authors)
+        connections = list(self.live_connections)
+        events_before = [c.events_sent for c in connections]
+        bytes_before = [c.bytes_sent for c in connections]
+        filtered_before = self.events_filtered
+        loop = asyncio.get_running_loop()
+        total = max(int(rate * duration), 0)
+        start = loop.time()
+        generated = delivered = 0
+        while generated < total:
+            due = min(total, int((loop.time() - start) * rate) + 1)
+            while generated < due:
+                kind = kinds[generated % len(kinds)]
+                member = members[generated % len(members)]
+                event, data = self._storm_event(kind, guild, member, target, generated)
+                delivered += await self.emit(event, data, record=False)
+                generated += 1
+            await asyncio.sleep(0.002)
+        return StormReport(
+            generated=generated,
+            delivered=delivered,
+            filtered=self.events_filtered - filtered_before,
+            seconds=loop.time() - start,
+            events_per_connection=[
+                c.events_sent - b for c, b in zip(connections, events_before, strict=True)
+            ],
+            bytes_per_connection=[
+                c.bytes_sent - b for c, b in zip(connections, bytes_before, strict=True)
+            ],
+        )
 
     def _broadcast_soon(self, event: str, data: JSON) -> None:
         """Dispatch from synchronous world-building code (no-op before anyone connected)."""
@@ -1399,7 +1774,10 @@ class FakeDiscord:
             "entitlement_sku_ids": [],
             "authorizing_integration_owners": {"0": str(guild.id)},
             "context": 0,
-            "attachment_size_limit": attachment_size_limit or guild.filesize_limit,
+            # https://discord.com/developers/docs/reference#uploading-files: "the maximum of"
+            # the server's boost limit and the member's Nitro limit.
+            "attachment_size_limit": attachment_size_limit
+            or max(guild.filesize_limit, member.nitro_upload_limit or 0),
         }
         if message is not None:
             payload["message"] = self.render_message(message)
@@ -1919,7 +2297,24 @@ class FakeDiscord:
             else:
                 if route.bot_auth:
                     self._check_auth(record.authorization)
-                status, response = await route.handler(ctx)
+                decision = self._limiter.admit(
+                    method,
+                    route.template,
+                    record.path,
+                    params,
+                    record.authorization,
+                    bot_route=route.bot_auth,
+                )
+                headers.update(decision.headers)
+                ctx.handle = self._interaction_of(params)
+                if not decision.allowed:
+                    assert decision.hit is not None
+                    status, response = 429, decision.body
+                    self.rate_limited.append(record)
+                    self.rate_limit_hits.append(decision.hit)
+                else:
+                    self._check_schema(method, route.template, body)
+                    status, response = await route.handler(ctx)
         except DiscordApiError as exc:
             status, response = exc.status, exc.body()
             error = ApiErrorRecord(exc.status, exc.code, exc.message, exc.errors, record)
@@ -1960,6 +2355,25 @@ class FakeDiscord:
             raise DiscordApiError(405, 0, "405: Method Not Allowed")
         raise DiscordApiError(404, 0, "404: Not Found")
 
+    def _interaction_of(self, params: Mapping[str, str]) -> InteractionHandle | None:
+        """The interaction an interaction-token route names (so its errors are recorded on
+        the handle even when the body is refused before the route's handler runs)."""
+        token = params.get("token")
+        if token is None:
+            return None
+        return self._interactions_by_token.get(token)
+
+    def _check_schema(self, method: str, template: str, body: Any) -> None:
+        """Validate a JSON (or multipart `payload_json`) body against the route's request
+        schema in Discord's OpenAPI spec (see spec.py); 400/50035 on violations."""
+        if not self.validate_schemas or body is None or not has_request_schema(method, template):
+            return
+        if isinstance(body, str):
+            raise DiscordApiError(400, 50109, "The request body contains invalid JSON.")
+        form = FormErrors()
+        check_request(method, template, body, form)
+        form.raise_if_any()
+
     def _check_auth(self, authorization: str | None) -> None:
         if not authorization or not authorization.startswith("Bot "):
             raise DiscordApiError(401, 0, "401: Unauthorized")
@@ -1993,14 +2407,16 @@ class FakeDiscord:
         return 200, {"url": self.gateway_url}
 
     async def _get_gateway_bot(self, ctx: _Ctx) -> tuple[int, Any]:
+        # https://discord.com/developers/docs/events/gateway#get-gateway-bot
+        elapsed_ms = int((self.clock() - self._clock_origin) * 1000)
         return 200, {
             "url": self.gateway_url,
-            "shards": 1,
+            "shards": self.recommended_shards,
             "session_start_limit": {
-                "total": 1000,
-                "remaining": 1000,
-                "reset_after": 0,
-                "max_concurrency": 1,
+                "total": SESSION_START_TOTAL,
+                "remaining": max(SESSION_START_TOTAL - self.session_starts, 0),
+                "reset_after": max(24 * 3600 * 1000 - elapsed_ms, 0),
+                "max_concurrency": self.max_concurrency,
             },
         }
 
@@ -2281,14 +2697,13 @@ class FakeDiscord:
         return 204, None
 
     async def _message_event(self, event: str, message: FakeMessage) -> None:
-        intent = INTENT_GUILD_MESSAGES if message.guild_id else INTENT_DIRECT_MESSAGES
         if event == "MESSAGE_DELETE":
             data: JSON = {"id": str(message.id), "channel_id": str(message.channel_id)}
             if message.guild_id is not None:
                 data["guild_id"] = str(message.guild_id)
         else:
             data = self.render_message(message)
-        await self.dispatch(event, data, intents=intent)
+        await self.dispatch(event, data)
 
     # ------------------------------------------------------------------ REST: channels
 
@@ -2307,9 +2722,25 @@ class FakeDiscord:
         if perms & needed != needed:
             raise DiscordApiError(403, 50013, "Missing Permissions")
 
-    def _channel_message(self, ctx: _Ctx) -> tuple[FakeChannel, FakeGuild | None, FakeMessage]:
+    def _require_read(self, guild: FakeGuild | None, channel: FakeChannel, needed: int) -> None:
+        """Reading messages: View Channel, and Connect too in a voice or stage channel's chat
+        (https://discord.com/developers/docs/resources/message#get-channel-messages and
+        #get-channel-message: "If the channel is a voice channel, they must also have the
+        CONNECT permission")."""
+        if guild is not None and channel.type in VOICE_CHANNEL_TYPES:
+            perms = guild.permissions_in(self._bot_member(guild), channel)
+            if not perms & Permission.CONNECT:
+                raise DiscordApiError(403, 50001, "Missing Access")
+        self._require(guild, channel, needed)
+
+    def _channel_message(
+        self, ctx: _Ctx, *, read: bool = False
+    ) -> tuple[FakeChannel, FakeGuild | None, FakeMessage]:
         channel, guild = self._channel_or_404(ctx.params["channel_id"])
-        self._require(guild, channel, 0)
+        if read:
+            self._require_read(guild, channel, Permission.READ_MESSAGE_HISTORY)
+        else:
+            self._require(guild, channel, 0)
         message = self._messages.get(int(ctx.params["message_id"]))
         if (
             message is None
@@ -2372,7 +2803,13 @@ class FakeDiscord:
 
     async def _get_messages(self, ctx: _Ctx) -> tuple[int, Any]:
         channel, guild = self._channel_or_404(ctx.params["channel_id"])
-        self._require(guild, channel, Permission.READ_MESSAGE_HISTORY)
+        self._require_read(guild, channel, 0)
+        if guild is not None and not (
+            guild.permissions_in(self._bot_member(guild), channel) & Permission.READ_MESSAGE_HISTORY
+        ):
+            # "If the current user is missing the READ_MESSAGE_HISTORY permission in the
+            # channel, then no messages will be returned." (get-channel-messages)
+            return 200, []
         query = ctx.request.query
         limit = max(1, min(100, int(query.get("limit", 50))))
         found = [
@@ -2395,8 +2832,7 @@ class FakeDiscord:
         return 200, [self.render_message(m) for m in reversed(found)]
 
     async def _get_message(self, ctx: _Ctx) -> tuple[int, Any]:
-        channel, guild, message = self._channel_message(ctx)
-        self._require(guild, channel, Permission.READ_MESSAGE_HISTORY)
+        _, _, message = self._channel_message(ctx, read=True)
         return 200, self.render_message(message)
 
     async def _patch_message(self, ctx: _Ctx) -> tuple[int, Any]:
@@ -2443,9 +2879,7 @@ class FakeDiscord:
                 )
                 data.update(burst=False, burst_colors=[], type=0)
                 data["message_author_id"] = str(message.author.id)
-                await self.dispatch(
-                    "MESSAGE_REACTION_ADD", data, intents=INTENT_GUILD_MESSAGE_REACTIONS
-                )
+                await self.dispatch("MESSAGE_REACTION_ADD", data)
         return 204, None
 
     async def _remove_own_reaction(self, ctx: _Ctx) -> tuple[int, Any]:

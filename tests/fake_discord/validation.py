@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import emoji as emoji_data
+
 from tests.fake_discord.models import (
     JSON,
     MESSAGE_FLAG_COMPONENTS_V2,
@@ -39,8 +41,11 @@ class FormErrors:
         self.problems: list[Problem] = []
 
     def add(self, path: list[str | int], code: str, message: str) -> None:
-        """Record a problem at `path` (e.g. `["embeds", 0, "title"]`)."""
-        self.problems.append((path, code, message))
+        """Record a problem at `path` (e.g. `["embeds", 0, "title"]`); duplicates are dropped
+        (the schema and a hand-written rule may find the same one)."""
+        problem = ([str(p) for p in path], code, message)
+        if all(([str(p) for p in q[0]], q[1]) != (problem[0], code) for q in self.problems):
+            self.problems.append((path, code, message))
 
     def too_long(self, path: list[str | int], value: Any, limit: int) -> None:
         """Record BASE_TYPE_MAX_LENGTH when `value` is a string longer than `limit`."""
@@ -115,9 +120,31 @@ def _check_custom_id(
     seen.add(custom_id)
 
 
+def is_valid_component_emoji(emoji: Any) -> bool:
+    """Whether Discord accepts `emoji` (a partial emoji object) on a button or select option.
+
+    A custom emoji is named by its `id`; otherwise `name` must be one Unicode emoji (by the
+    `emoji` package's list, which follows Unicode's). Plain symbols such as U+2922 "⤢" are
+    refused. Sources: DISCORD_FACTS.md ("Component emoji") and
+    https://discord.com/developers/docs/components/reference#button (`emoji`: partial emoji).
+    """
+    if not isinstance(emoji, dict):
+        return False
+    if emoji.get("id"):
+        return True
+    name = emoji.get("name")
+    return isinstance(name, str) and emoji_data.is_emoji(name)
+
+
+def _check_emoji(path: list[str | int], c: JSON, code: str, form: FormErrors) -> None:
+    if c.get("emoji") is not None and not is_valid_component_emoji(c["emoji"]):
+        form.add([*path, "emoji", "name"], code, "Invalid emoji")
+
+
 def _check_interactive(path: list[str | int], c: JSON, seen: set[str], form: FormErrors) -> None:
     ctype = c.get("type")
     if ctype == 2:
+        _check_emoji(path, c, "BUTTON_COMPONENT_INVALID_EMOJI", form)
         style = c.get("style")
         if style == 5:
             if not c.get("url"):
@@ -145,6 +172,9 @@ def _check_interactive(path: list[str | int], c: JSON, seen: set[str], form: For
                     f"Must be {MAX_SELECT_OPTIONS} or fewer in length.",
                 )
             for k, option in enumerate(options):
+                _check_emoji(
+                    [*path, "options", k], option, "SELECT_COMPONENT_OPTION_INVALID_EMOJI", form
+                )
                 form.too_long([*path, "options", k, "label"], option.get("label"), 100)
                 form.too_long([*path, "options", k, "value"], option.get("value"), 100)
         for key in ("min_values", "max_values"):
@@ -211,10 +241,12 @@ def check_message(
 ) -> None:
     """All message limits. Raises 413/40005 for oversized uploads, 400/50035 otherwise.
 
-    `kept_attachments` is the number of existing attachments an edit keeps.
+    `size_limit` applies to each file, not to their total
+    (https://discord.com/developers/docs/reference#uploading-files: "The file upload size
+    limit applies to each file in a request"). `kept_attachments` is the number of existing
+    attachments an edit keeps.
     """
-    total = sum(len(f.data) for f in files)
-    if total > size_limit:
+    if any(len(f.data) > size_limit for f in files):
         raise DiscordApiError(413, 40005, "Request entity too large")
     form = FormErrors()
     content = payload.get("content")

@@ -129,7 +129,7 @@ def probe_image(data: bytes, *, partial: bool = False, max_pixels: int | None = 
     elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         info = _probe_webp(view, partial)
     elif head[:6] in (b"GIF87a", b"GIF89a"):
-        info = _probe_gif(view, partial)
+        info = _probe_gif(view, partial, max_pixels)
     elif partial and len(data) < 12 and _could_start_an_image(head):
         raise ImageIncomplete("the image's header is not in the data yet")
     else:
@@ -305,7 +305,7 @@ def _probe_webp(view: memoryview, partial: bool) -> ImageInfo:
     raise ImageRejected(UNDECODABLE)
 
 
-def _probe_gif(view: memoryview, partial: bool) -> ImageInfo:
+def _probe_gif(view: memoryview, partial: bool, limit: int | None) -> ImageInfo:
     if len(view) < 13:
         raise _short(partial)
     width, height, flags = _le(view, 6, 2), _le(view, 8, 2), view[10]
@@ -341,8 +341,9 @@ def _probe_gif(view: memoryview, partial: bool) -> ImageInfo:
             raise ImageRejected(UNDECODABLE)
     if not partial and frames == 0:
         raise ImageRejected(TRUNCATED)
-    # Pillow makes room for frames reaching past the logical screen: count those pixels.
-    return ImageInfo("GIF", right, bottom, frames if ended or not partial else None)
+    # Pillow may make room for frames reaching past the logical screen: count those too.
+    _check_size(right, bottom, limit)
+    return ImageInfo("GIF", width, height, frames if ended or not partial else None)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -525,9 +526,10 @@ def _assemble(strips: Iterator[Image.Image], width: int, height: int) -> Image.I
 
 
 def _jpeg(image: Image.Image, quality: int) -> bytes:
-    """A baseline JPEG (4:2:0, standard Huffman tables) of a small RGB image."""
+    """A baseline JPEG (4:2:0, standard Huffman tables) of a small RGB image, without the
+    source's metadata (its comment, which Pillow would copy, may even be too long)."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality, subsampling=2)
+    image.save(buffer, format="JPEG", quality=quality, subsampling=2, comment=b"")
     return buffer.getvalue()
 
 

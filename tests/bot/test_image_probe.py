@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import pytest
 from PIL import Image
@@ -181,3 +182,14 @@ def test_a_file_of_one_format_is_not_opened_as_another() -> None:
     disguised = b"\x89PNG\r\n\x1a\n" + gif
     with pytest.raises(ImageRejected):
         thumbnail(disguised, 64)
+
+
+def test_a_gif_frame_reaching_far_past_its_screen_counts_its_pixels() -> None:
+    """A 10x10 GIF whose one frame declares 60000x60000 pixels (Pillow grows the canvas
+    for such frames) is refused like any other bomb."""
+    screen = b"GIF89a" + struct.pack("<HHBBB", 10, 10, 0, 0, 0)
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 60_000, 60_000, 0) + b"\x02\x00"
+    with pytest.raises(ImageRejected, match="60000×60000"):
+        probe_image(screen + frame + b"\x3b")
+    small = b"\x2c" + struct.pack("<HHHHB", 0, 0, 10, 10, 0) + b"\x02\x00"
+    assert probe_image(screen + small + b"\x3b") == ImageInfo("GIF", 10, 10, 1)

@@ -294,6 +294,24 @@ def blocked_entry(prompt: str, entries: list[dict[str, Any]]) -> dict[str, Any] 
     return None
 
 
+#: How :func:`describe` names each problem, briefly (the list of entries is one message).
+_BRIEF = {
+    LOOKAROUND: "it uses look-ahead or look-behind",
+    BACKREFERENCE: "it uses back-references",
+    ATOMIC: "it uses atomic groups or possessive repeats",
+    CONDITIONAL: "it uses conditional groups",
+    NEGATED_IN_CLASS: "it uses \\W or \\S inside [...]",
+}
+
+
+def _brief(reason: str) -> str:
+    if reason in _BRIEF:
+        return _BRIEF[reason]
+    if reason.startswith("in kreabot's patterns `\\b`"):
+        return "its \\b would never match around non-English letters"
+    return "RE2 cannot run it"
+
+
 def problem(entry: dict[str, Any]) -> str | None:
     """Why a stored entry is not checked (stored before kreabot ran patterns on RE2), or
     None when it is."""
@@ -306,13 +324,14 @@ def entry_text(entry: dict[str, Any]) -> str:
 
 
 def describe(entry: dict[str, Any]) -> str:
-    """How an entry is shown to admins: its text, and for an entry that is not checked,
-    why and how to remove it."""
+    """How an entry is shown to admins: its text, and for an entry that is not checked
+    (stored before RE2), briefly why and how to remove it; never a backtick (the list
+    shows each entry in backticks)."""
     text = entry_text(entry)
     reason = problem(entry)
     if reason is None:
         return text
     return (
-        f"{text} — NOT CHECKED: {reason.replace('`', '')}. "
-        f"Remove it with /settings blocklist remove {entry.get('value')}"
+        f"{text} (NOT CHECKED: {_brief(reason)}; "
+        f"remove it with /settings blocklist remove {entry.get('value')})"
     )

@@ -28,6 +28,7 @@ from bot.app import KreaBot
 from bot.commands_sync import CommandSync
 from bot.delivery import DiscordDelivery
 from bot.fair_use import FairUse
+from bot.imaging import ImageWorker
 from bot.job_service import JobService
 from bot.logs import setup_logging
 from bot.maintenance import Maintenance
@@ -55,6 +56,7 @@ PERMISSIONS = discord.Permissions(
     attach_files=True,
     read_message_history=True,
     add_reactions=True,
+    connect=True,  # only to read (and so to work in) the chat of voice and stage channels
 )
 
 
@@ -96,7 +98,8 @@ def build_services(
     pixazo = PixazoClient(
         session, settings.PIXAZO_API_KEY.get_secret_value(), base_url=settings.PIXAZO_BASE_URL
     )
-    delivery = DiscordDelivery(bot, jobs, config, session, clock)
+    images = ImageWorker(settings.IMAGE_THREADS, max_pixels=settings.MAX_IMAGE_PIXELS)
+    delivery = DiscordDelivery(bot, jobs, config, session, images, clock)
     fixed_polls = poll_schedule or PollSchedule(
         first=settings.POLL_FIRST_SECONDS,
         interval=settings.POLL_INTERVAL_SECONDS,
@@ -166,6 +169,7 @@ def build_services(
         config=config,
         fair_use=fair_use,
         metrics=metrics,
+        images=images,
         delivery=delivery,
         runner=runner,
         job_service=JobService(jobs, config, fair_use, runner, delivery, clock),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 #: Why the breaker is open.
 BALANCE = "balance"
 OUTAGE = "outage"
+UNAUTHORIZED = "unauthorized"  # the key was refused (revoked, or a quota): an admin must act
 
 
 class Breaker:

@@ -13,7 +13,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.components import DYNAMIC_ITEMS, PREFIX, UNAVAILABLE, ResultActions, matches_any
+from bot.components import (
+    DYNAMIC_ITEMS,
+    UNKNOWN_CONTROL,
+    ResultActions,
+    custom_ids_on,
+    matches_any,
+)
 from bot.interactions import report_error
 from bot.settings import Settings
 
@@ -49,7 +55,11 @@ class KreaBot(commands.Bot):
     """A Discord bot that turns slash commands into Krea 2 images."""
 
     def __init__(self, settings: Settings, **options: Any) -> None:
-        intents = discord.Intents.default()
+        # Only what the bot handles: servers and channels (GUILDS) and 🔁/❌ on results
+        # (GUILD_MESSAGE_REACTIONS). No messages, typing or presences of busy servers, no
+        # message cache, no member lists.
+        intents = discord.Intents.none()
+        intents.guilds = True
         intents.guild_reactions = True
         super().__init__(
             command_prefix=commands.when_mentioned,
@@ -57,6 +67,9 @@ class KreaBot(commands.Bot):
             allowed_mentions=discord.AllowedMentions.none(),
             help_command=None,
             tree_cls=KreaTree,
+            max_messages=None,
+            member_cache_flags=discord.MemberCacheFlags.none(),
+            chunk_guilds_at_startup=False,
             **options,
         )
         self.settings = settings
@@ -95,13 +108,17 @@ class KreaBot(commands.Bot):
         await self.services.maintenance.server_removed(guild.id)
 
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
-        """Answer presses of our controls whose custom_id no item recognises."""
+        """Answer, within Discord's 3 s, every press no item will handle: a custom_id no item
+        knows, or one that is not on the message it claims to come from (forged)."""
         if interaction.type is not discord.InteractionType.component:
             return
         data: dict[str, Any] = dict(interaction.data or {})
         custom_id = str(data.get("custom_id", ""))
-        if custom_id.startswith(PREFIX) and not matches_any(custom_id, self._dynamic_items):
-            await interaction.response.send_message(UNAVAILABLE, ephemeral=True)
+        known = matches_any(custom_id, self._dynamic_items)
+        if known and custom_id in custom_ids_on(interaction.message):
+            return  # its item answers
+        if not interaction.response.is_done():
+            await interaction.response.send_message(UNKNOWN_CONTROL, ephemeral=True)
 
     def add_dynamic_items(self, *items: type[discord.ui.DynamicItem[Any]]) -> None:
         """Register persistent items (and remember them to spot unknown custom_ids)."""

@@ -39,7 +39,9 @@ class CommandSync:
         """Register the slash commands globally, or in one guild (``guild_id`` or DEV_GUILD_ID).
 
         With ``only_if_changed``, nothing is sent when the command set has the hash stored at
-        the last sync. Returns whether a sync was sent.
+        the last sync. Registering in one guild removes the global commands registered by an
+        earlier global sync (and a global sync removes those of the guild synced before), so
+        a member never sees every command twice. Returns whether a sync was sent.
         """
         guild_id = guild_id or self._dev_guild_id
         guild = discord.Object(guild_id) if guild_id else None
@@ -57,4 +59,28 @@ class CommandSync:
             len(synced),
             f"to guild {guild_id}" if guild_id else "globally",
         )
+        await self._remove_the_other_registration(guild_id)
         return True
+
+    async def _remove_the_other_registration(self, guild_id: int | None) -> None:
+        """Unregister what the other kind of sync left behind (global vs one guild)."""
+        previous = await self._config.get_meta("commands_guild")
+        if guild_id is not None:
+            if await self._config.get_meta("commands_hash:global") is not None:
+                await self._tree.client.http.bulk_upsert_global_commands(self._application_id(), [])
+                await self._config.delete_meta("commands_hash:global")
+                log.info("removed the global commands of an earlier sync")
+            await self._config.set_meta("commands_guild", str(guild_id))
+        elif previous:
+            await self._tree.client.http.bulk_upsert_guild_commands(
+                self._application_id(), int(previous), []
+            )
+            await self._config.delete_meta(f"commands_hash:{previous}")
+            await self._config.delete_meta("commands_guild")
+            log.info("removed the commands registered in guild %s by an earlier sync", previous)
+
+    def _application_id(self) -> int:
+        application_id = self._tree.client.application_id
+        if application_id is None:
+            raise RuntimeError("the bot is not logged in")
+        return application_id

@@ -23,6 +23,8 @@ from bot.storage.jobs import Job
 #: Job ids in custom_ids have at most 18 digits: every such number fits SQLite's 64-bit
 #: integers, so a forged longer id is simply "no longer available", never an OverflowError.
 UNAVAILABLE = "This result is no longer available."
+#: The answer to a press of a control no item knows (forged, foreign, or from an old version).
+UNKNOWN_CONTROL = "This button is no longer available."
 PREFIX = "krea:"
 JOB_ID = r"(?P<job>[0-9]{1,18})"
 
@@ -123,7 +125,7 @@ class RemixButton(JobControl, template=rf"krea:remix:{JOB_ID}"):
 class OpenButton(JobControl, template=rf"krea:open:{JOB_ID}"):
     """Post one image of a batch full size, as a result of its own."""
 
-    action, label, emoji = "open", "Open", "⤢"
+    action, label, emoji = "open", "Open", "🔍"  # a real emoji: Discord refuses "⤢" (50035)
 
 
 class DeleteButton(JobControl, template=rf"krea:delete:{JOB_ID}"):
@@ -225,6 +227,20 @@ DYNAMIC_ITEMS: tuple[type[discord.ui.DynamicItem[Any]], ...] = (
 def matches_any(custom_id: str, items: Iterable[type[discord.ui.DynamicItem[Any]]]) -> bool:
     """Whether one of ``items`` will handle ``custom_id``."""
     return any(item.__discord_ui_compiled_template__.fullmatch(custom_id) for item in items)
+
+
+def custom_ids_on(message: discord.Message | None) -> set[str]:
+    """Every custom_id of the components of ``message``."""
+    found: set[str] = set()
+    if message is None:
+        return found
+    for row in message.components:
+        children = getattr(row, "children", None) or [row]
+        for child in children:
+            custom_id = getattr(child, "custom_id", None)
+            if custom_id:
+                found.add(custom_id)
+    return found
 
 
 def result_view(job: Job) -> discord.ui.View:

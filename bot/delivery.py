@@ -3,28 +3,34 @@
 It implements :class:`~bot.events.JobObserver` (what the runner reports) and
 :class:`~bot.job_service.ReferenceSource` (reference images signed afresh). It receives the
 bytes it publishes: the runner downloads each image once, and a batch's images wait here,
-in memory, until the last one arrives and the grid is posted.
+in memory, until the last one arrives and the batch is posted, each image once.
 
-While the interaction token lives (15 minutes) the job's message is edited through it;
-afterwards the bot's own token is used: results are posted as a reply in the channel and
-the original is edited when it still can be.
+While the interaction token lives (15 minutes) the job's message is edited through it and
+may carry files up to the interaction's ``attachment_size_limit``; afterwards the bot's own
+token is used, with the server's upload limit, each file fitted on its own: results are
+posted as a reply in the channel and the original is edited when it still can be. Progress
+edits never hold up the runner: they are coalesced per message, at most one every few
+seconds, the latest text winning, and stop for a message the bot can no longer see.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import discord
 
 from bot.components import batch_view, result_view, retry_view
-from bot.events import Failure, Progress, Published
-from bot.imaging import fit_under, make_grid, thumbnail
+from bot.errors import UserError
+from bot.events import DeliveryRefused, Failure, Progress, Published
+from bot.imaging import ImageIncomplete, ImageRejected, ImageWorker
 from bot.job_service import Announce
 from bot.pixazo import DownloadedMedia
 from bot.presenter import (
@@ -33,7 +39,6 @@ from bot.presenter import (
     progress_content,
     reference_embed,
     result_embed,
-    tile_embed,
 )
 from bot.storage.config import ConfigStore
 from bot.storage.jobs import Job, JobRepository, JobState, Reference
@@ -41,8 +46,13 @@ from bot.storage.jobs import Job, JobRepository, JobState, Reference
 log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
-#: Seconds between two progress edits of the same job (Discord tolerates ~5 edits / 5 s).
+#: Seconds between two progress edits of the same message (Discord's message edit bucket is
+#: about 5 per 5 s per channel, shared by every job there).
 PROGRESS_EDIT_INTERVAL = 3.0
+#: Uploads with the bot token get the server's limit: 10 MiB below boost tier 2.
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+#: HTTP statuses with which Discord refuses a result for good (the same body would fail again).
+REFUSED_STATUSES = (400, 403, 413)
 PAUSE_NOTICES = {
     "balance": (
         "⏸️ **kreabot paused every image request: the Pixazo balance is empty.** "
@@ -52,10 +62,17 @@ PAUSE_NOTICES = {
         "⏸️ **kreabot paused image requests: the Pixazo gateway keeps failing.** "
         "Waiting jobs resume on their own when it recovers."
     ),
+    "unauthorized": (
+        "🔑 **kreabot paused image requests: the Pixazo gateway refused the API key** "
+        "(revoked, or over a quota). Check `PIXAZO_API_KEY` at pixazo.ai; waiting jobs "
+        "resume on their own once the key is accepted."
+    ),
 }
 #: Long edge of the reference copies kept on result messages.
 REFERENCE_EDGE = 768
 MAX_REFERENCE_FETCH = 25 * 1024 * 1024
+#: How much of an attachment is read to check what it really is.
+PROBE_BYTES = 64 * 1024
 #: States in which a job of a batch will bring no image to its grid.
 WITHOUT_IMAGE = (JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED)
 
@@ -67,6 +84,24 @@ def jump_url(guild_id: int | None, channel_id: int, message_id: int) -> str:
     return f"https://discord.com/channels/{guild_id or '@me'}/{channel_id}/{message_id}"
 
 
+#: Builds a result's embeds and files for an upload limit (per file).
+Build = Callable[[int], "Awaitable[tuple[list[discord.Embed], list[tuple[str, bytes]]]]"]
+
+
+@dataclass
+class _Edits:
+    """The progress edits of one message: what it shows, what it should show."""
+
+    job: Job
+    wanted: str
+    shown: str | None = None
+    stage: str = "queued"
+    shown_stage: str | None = None
+    last: float = 0.0
+    gone: bool = False
+    task: asyncio.Task[None] | None = None
+
+
 class DiscordDelivery:
     """Shows jobs in Discord: announcements, progress, results, failures, pauses."""
 
@@ -76,14 +111,16 @@ class DiscordDelivery:
         repo: JobRepository,
         config: ConfigStore,
         session: aiohttp.ClientSession,
+        images: ImageWorker,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
         self.repo = repo
         self.config = config
         self.session = session
+        self.images = images
         self.clock = clock
-        self._last_edit: dict[int, tuple[float, str]] = {}
+        self._edits: dict[int, _Edits] = {}
         self._batch_locks: dict[int, asyncio.Lock] = {}
         #: Images of a batch's jobs, until the grid is posted (None: that job failed).
         self._held: dict[int, dict[int, bytes | None]] = {}
@@ -95,6 +132,14 @@ class DiscordDelivery:
         return discord.Webhook.partial(
             job.application_id, job.interaction_token, client=self.client
         )
+
+    def upload_limit(self, job: Job, *, with_token: bool) -> int:
+        """The largest file allowed on a path: the interaction's limit while its token is
+        used, else the server's (boost tier) limit, for messages sent with the bot token."""
+        if with_token:
+            return job.filesize_limit
+        guild = self.client.get_guild(job.guild_id) if job.guild_id else None
+        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
     async def channel_for(self, job: Job) -> Channel:
         """The job's channel, from the cache or the API."""
@@ -143,7 +188,7 @@ class DiscordDelivery:
                 message = await interaction.followup.send(
                     content, allowed_mentions=NO_MENTIONS, wait=True
                 )
-            self._announced(jobs)
+            self._announced(jobs, content)
             return message.id
 
         return announce
@@ -160,19 +205,20 @@ class DiscordDelivery:
                 if reply_to
                 else None
             )
+            content = progress_content(jobs[0], Progress("queued"), batch=len(jobs))
             message = await channel.send(
-                progress_content(jobs[0], Progress("queued"), batch=len(jobs)),
+                content,
                 reference=reference or discord.utils.MISSING,
                 allowed_mentions=NO_MENTIONS,
             )
-            self._announced(jobs)
+            self._announced(jobs, content)
             return message.id
 
         return announce
 
-    def _announced(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            self._last_edit[self._edit_key(job)] = (time.monotonic(), "queued")
+    def _announced(self, jobs: list[Job], content: str) -> None:
+        edits = _Edits(jobs[0], content, shown=content, shown_stage="queued", last=time.monotonic())
+        self._edits[self._edit_key(jobs[0])] = edits
 
     @staticmethod
     def _edit_key(job: Job) -> int:
@@ -181,16 +227,56 @@ class DiscordDelivery:
     # -- JobObserver -----------------------------------------------------------------
 
     async def job_progress(self, job: Job, progress: Progress) -> None:
-        """Edit the job's message, at most every few seconds unless the stage changed."""
-        now = time.monotonic()
+        """Have the job's message show ``progress``, soon: never waits for Discord."""
         key = self._edit_key(job)
-        last = self._last_edit.get(key)
-        if last and last[1] == progress.stage and now - last[0] < PROGRESS_EDIT_INTERVAL:
+        content = progress_content(job, progress)
+        edits = self._edits.get(key)
+        if edits is None:
+            edits = self._edits[key] = _Edits(job, content)
+        if edits.gone:
             return
-        if job.batch_id and last and now - last[0] < PROGRESS_EDIT_INTERVAL:
-            return  # a batch shares one message: one edit per interval for all its jobs
-        self._last_edit[key] = (now, progress.stage)
-        await self.edit_job_message(job, content=progress_content(job, progress))
+        edits.job, edits.wanted, edits.stage = job, content, progress.stage
+        if edits.wanted != edits.shown and (edits.task is None or edits.task.done()):
+            edits.task = asyncio.create_task(self._edit_soon(edits), name=f"progress-{key}")
+
+    async def _edit_soon(self, edits: _Edits) -> None:
+        """Edit a message to the latest wanted text: at once when the stage changed (queued,
+        paused, generating…), else at most once per interval."""
+        while edits.wanted != edits.shown and not edits.gone:
+            wait = edits.last + PROGRESS_EDIT_INTERVAL - time.monotonic()
+            if wait > 0 and edits.stage == edits.shown_stage:
+                await asyncio.sleep(min(wait, 0.5))  # a stage change may come meanwhile
+                continue
+            content, stage = edits.wanted, edits.stage
+            edits.last = time.monotonic()
+            try:
+                if not await self.edit_job_message(edits.job, content=content):
+                    edits.gone = True  # deleted: nothing to edit any more
+            except discord.Forbidden:
+                log.info("job %s: its message can no longer be seen; not editing it", edits.job.id)
+                edits.gone = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a progress edit is never worth a crash
+                log.warning("job %s: progress edit failed: %r", edits.job.id, exc)
+                return
+            edits.shown, edits.shown_stage = content, stage
+
+    async def close(self) -> None:
+        """Drop the progress edits still pending (the jobs' states are stored)."""
+        tasks = [e.task for e in self._edits.values() if e.task is not None and not e.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._edits.clear()
+
+    async def _settle(self, job: Job) -> None:
+        """No progress edit of this job's message runs, or will run, any more."""
+        edits = self._edits.pop(self._edit_key(job), None)
+        if edits is not None and edits.task is not None and not edits.task.done():
+            edits.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await edits.task
 
     async def job_result(self, job: Job, media: DownloadedMedia) -> Published | None:
         """Upload the image with its embed and buttons (a batch's grid once its last image
@@ -201,33 +287,47 @@ class DiscordDelivery:
         """
         if job.batch_id:
             return await self._batch_settled(job, media.data)
-        self._last_edit.pop(job.id, None)
+        await self._settle(job)
         ref_files = await self._reference_files(job)
-        budget = job.filesize_limit - sum(len(data) for _, data, _ in ref_files)
-        data, filename = await asyncio.to_thread(
-            fit_under, media.data, max(budget, job.filesize_limit // 2), f"krea-{job.id}-{job.seed}"
-        )
         parent_url = await self._parent_url(job)
-        embeds = [result_embed(job, filename=filename, parent_url=parent_url)]
-        embeds += [reference_embed(ref, name) for name, _, ref in ref_files]
-        payload = [(filename, data), *((name, blob) for name, blob, _ in ref_files)]
+
+        async def build(limit: int) -> tuple[list[discord.Embed], list[tuple[str, bytes]]]:
+            data, filename = await self._fit(media.data, limit, f"krea-{job.id}-{job.seed}")
+            embeds = [result_embed(job, filename=filename, parent_url=parent_url)]
+            embeds += [reference_embed(ref, name) for name, _, ref in ref_files]
+            return embeds, [(filename, data), *((name, blob) for name, blob, _ in ref_files)]
+
         content = f"<@{job.user_id}>'s image is ready"
-        message_id = await self._publish(job, content, embeds, result_view(job), payload)
+        message_id = await self._publish(job, content, result_view(job), build)
+        await self._keep_references(job, ref_files, message_id)
+        return Published(message_id, (job.id,))
+
+    async def _fit(self, data: bytes, limit: int, stem: str) -> tuple[bytes, str]:
+        """An image under ``limit`` bytes (re-encoded when needed); a broken image is refused
+        for good."""
+        try:
+            return await self.images.fit_under(data, limit, stem)
+        except ImageRejected as exc:
+            raise DeliveryRefused(f"the image cannot be posted: {exc.message}") from exc
+
+    async def _keep_references(
+        self, job: Job, ref_files: list[tuple[str, bytes, Reference]], message_id: int
+    ) -> None:
+        """Remember that the job's reference copies now live on ``message_id``."""
         if ref_files:
             kept = [
                 ref.model_copy(update={"message_id": message_id, "filename": name})
                 for name, _, ref in ref_files
             ]
             await self.repo.update(job, refs=kept)
-        return Published(message_id, (job.id,))
 
     async def job_failed(self, job: Job, failure: Failure) -> Published | None:
         """Say why in the job's message (or in a new one if it is gone)."""
         if job.batch_id:
             published = await self._batch_settled(job, None)
             if published is not None:
-                return published  # the batch's grid shows the missing image
-        self._last_edit.pop(self._edit_key(job), None)
+                return published  # the batch's message shows the images that exist
+        await self._settle(job)
         content = failure_content(job, failure)
         view = retry_view(job) if failure.retryable else None
         fields: dict[str, Any] = {"content": content, "embed": None}
@@ -254,17 +354,12 @@ class DiscordDelivery:
 
     # -- results ---------------------------------------------------------------------
 
-    async def _publish(
-        self,
-        job: Job,
-        content: str,
-        embeds: list[discord.Embed],
-        view: discord.ui.View,
-        payload: list[tuple[str, bytes]],
-    ) -> int:
+    async def _publish(self, job: Job, content: str, view: discord.ui.View, build: Build) -> int:
         """Put a result in the job's message while its token lives; else reply in the channel
-        (once: a reply posted before a restart is found again) and point the original at it."""
+        (once: a reply posted before a restart is found again) and point the original at it.
+        The files are fitted to the path actually used."""
         if job.message_id is not None and job.token_valid(self.clock()):
+            embeds, payload = await build(self.upload_limit(job, with_token=True))
             try:
                 await self._webhook(job).edit_message(
                     job.message_id,
@@ -277,48 +372,47 @@ class DiscordDelivery:
                 return job.message_id
             except discord.NotFound:
                 log.info("job %s: message deleted; posting the result anew", job.id)
-                return await self._post(job, content, embeds, view, payload, reply=False)
+                return await self._post(job, content, view, build, reply=False)
             except discord.HTTPException as exc:
                 if exc.code != 50027:
+                    _refused(exc)
                     raise
                 job.token_expires_at = 0  # died early: use the bot's token from now on
         message_id = await self._find_earlier_reply(job)
         if message_id is not None:
             return message_id
-        message_id = await self._post(
-            job, content, embeds, view, payload, reply=job.message_id is not None
-        )
+        message_id = await self._post(job, content, view, build, reply=job.message_id is not None)
         if job.message_id is not None:
             link = jump_url(job.guild_id, job.channel_id, message_id)
-            await self.edit_job_message(
-                job, content=f"✅ Finished: the image is in the reply below ({link})", view=None
-            )
+            with contextlib.suppress(discord.HTTPException):
+                await self.edit_job_message(
+                    job, content=f"✅ Finished: the image is in the reply below ({link})", view=None
+                )
         return message_id
 
     async def _post(
-        self,
-        job: Job,
-        content: str,
-        embeds: list[discord.Embed],
-        view: discord.ui.View,
-        payload: list[tuple[str, bytes]],
-        *,
-        reply: bool,
+        self, job: Job, content: str, view: discord.ui.View, build: Build, *, reply: bool
     ) -> int:
+        """Send the result as a channel message with the bot's token (the server's limit)."""
         channel = await self.channel_for(job)
+        embeds, payload = await build(self.upload_limit(job, with_token=False))
         reference = None
         if reply and job.message_id is not None:
             reference = discord.MessageReference(
                 message_id=job.message_id, channel_id=job.channel_id, fail_if_not_exists=False
             )
-        message = await channel.send(
-            content,
-            embeds=embeds,
-            files=_files(payload),
-            view=view,
-            reference=reference or discord.utils.MISSING,
-            allowed_mentions=NO_MENTIONS,
-        )
+        try:
+            message = await channel.send(
+                content,
+                embeds=embeds,
+                files=_files(payload),
+                view=view,
+                reference=reference or discord.utils.MISSING,
+                allowed_mentions=NO_MENTIONS,
+            )
+        except discord.HTTPException as exc:
+            _refused(exc)
+            raise
         return message.id
 
     async def _find_earlier_reply(self, job: Job) -> int | None:
@@ -363,10 +457,10 @@ class DiscordDelivery:
     # -- batches ---------------------------------------------------------------------
 
     async def _batch_settled(self, job: Job, data: bytes | None) -> Published | None:
-        """A job of a batch is done (``data`` is its image, None if it failed): post the grid
-        once every job of the batch is done, with the images held until then.
+        """A job of a batch is done (``data`` is its image, None if it failed): post the batch
+        once every job of it is done, with the images held until then.
 
-        Returns the grid's publication (once posted), else None. A lock per batch makes
+        Returns the batch's publication (once posted), else None. A lock per batch makes
         sure only one job posts it.
         """
         assert job.batch_id is not None
@@ -386,7 +480,8 @@ class DiscordDelivery:
             if not any(images):
                 self._forget_batch(batch_id)
                 return None  # every job failed: each failure is shown as usual
-            message_id = await self._post_grid(jobs, images)
+            await self._settle(jobs[0])
+            message_id = await self._post_batch(jobs, images)
             self._forget_batch(batch_id)
             shown = tuple(j.id for j, image in zip(jobs, images, strict=True) if image)
             return Published(message_id, shown)
@@ -394,27 +489,29 @@ class DiscordDelivery:
     def _forget_batch(self, batch_id: int) -> None:
         self._held.pop(batch_id, None)
         self._batch_locks.pop(batch_id, None)
-        self._last_edit.pop(-batch_id, None)
 
-    async def _post_grid(self, jobs: list[Job], images: list[bytes | None]) -> int:
+    async def _post_batch(self, jobs: list[Job], images: list[bytes | None]) -> int:
+        """One message showing each image of the batch once (Discord lays attachments out
+        as a gallery), with Open and Vary per image and the references kept as copies."""
         first = jobs[0]
-        share = first.filesize_limit // (len(jobs) + 2)
-        grid_data = await asyncio.to_thread(make_grid, images, share)
-        payload: list[tuple[str, bytes]] = [("grid.jpg", grid_data)]
-        tiles = []
-        for member, data in zip(jobs, images, strict=True):
-            if data is None:
-                continue
-            fitted, name = await asyncio.to_thread(
-                fit_under, data, share, f"krea-{member.id}-{member.seed}"
-            )
-            payload.append((name, fitted))
-            tiles.append((member, name))
-        embeds = [batch_embed(jobs, images, filename="grid.jpg")]
-        embeds += [tile_embed(member, name) for member, name in tiles][: 10 - len(embeds)]
+        ref_files = await self._reference_files(first)
+
+        async def build(limit: int) -> tuple[list[discord.Embed], list[tuple[str, bytes]]]:
+            payload: list[tuple[str, bytes]] = []
+            for member, data in zip(jobs, images, strict=True):
+                if data is not None:
+                    fitted, name = await self._fit(data, limit, f"krea-{member.id}-{member.seed}")
+                    payload.append((name, fitted))
+            embeds = [batch_embed(jobs, images)]
+            embeds += [reference_embed(ref, name) for name, _, ref in ref_files]
+            return embeds, payload + [(name, blob) for name, blob, _ in ref_files]
+
         view = batch_view(jobs, [data is not None for data in images])
         content = f"<@{first.user_id}>'s {len(jobs)} images are ready"
-        return await self._publish(first, content, embeds, view, payload)
+        message_id = await self._publish(first, content, view, build)
+        for member in jobs:
+            await self._keep_references(member, ref_files, message_id)
+        return message_id
 
     async def publish_open(self, job: Job, interaction: discord.Interaction[Any]) -> bool:
         """Post one image of a batch as a result of its own, in reply to ``interaction``
@@ -425,9 +522,8 @@ class DiscordDelivery:
         async with self.session.get(found[1].proxy_url) as response:
             response.raise_for_status()
             data = await response.read()
-        fitted, filename = await asyncio.to_thread(
-            fit_under, data, job.filesize_limit, f"krea-{job.id}-{job.seed}"
-        )
+        limit = self.upload_limit(job, with_token=True)
+        fitted, filename = await self._fit(data, limit, f"krea-{job.id}-{job.seed}")
         embed = result_embed(job, filename=filename, parent_url=await self._parent_url(job))
         message = await interaction.edit_original_response(
             content=f"Image #{(job.batch_index or 0) + 1} of the batch",
@@ -460,12 +556,31 @@ class DiscordDelivery:
         for index, reference in enumerate(job.refs):
             try:
                 blob = await self.fetch_reference(job, reference)
-                small = await asyncio.to_thread(thumbnail, blob, REFERENCE_EDGE)
+                small = await self.images.thumbnail(blob, REFERENCE_EDGE)
             except Exception as exc:  # a lost reference must not lose the result
                 log.warning("job %s: could not keep reference %d: %r", job.id, index, exc)
                 continue
             files.append((f"ref-{index + 1}.jpg", small, reference))
         return files
+
+    async def probe_attachment(self, url: str, what: str) -> None:
+        """Check an attachment by its bytes (its first 64 KiB): PNG, JPEG, WebP or GIF under
+        the pixel limit; a PDF named ``.png`` is refused here, before anything is paid."""
+        headers = {"Range": f"bytes=0-{PROBE_BYTES - 1}"}
+        try:
+            async with self.session.get(
+                url, headers=headers, timeout=aiohttp.ClientTimeout(total=20)
+            ) as response:
+                response.raise_for_status()
+                head = await response.content.read(PROBE_BYTES)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UserError(f"{what} could not be read from Discord; try again") from exc
+        try:
+            await self.images.probe(head, partial=True)
+        except ImageIncomplete:
+            return  # a header past the first 64 KiB: checked again when it is used
+        except ImageRejected as exc:
+            raise UserError(f"{what} cannot be used: {exc.message}") from None
 
     async def fetch_reference(self, job: Job, reference: Reference) -> bytes:
         """The bytes of a reference: from its message when it lives on one, else its URL."""
@@ -531,6 +646,12 @@ class DiscordDelivery:
                 if attachment.filename.startswith(f"krea-{job.id}-"):
                     return message_id, attachment
         return None
+
+
+def _refused(exc: discord.HTTPException) -> None:
+    """Raise :class:`DeliveryRefused` when Discord refused the result for good."""
+    if exc.status in REFUSED_STATUSES:
+        raise DeliveryRefused(f"{exc.status} {exc.code}: {exc.text[:200]}") from exc
 
 
 def _files(payload: list[tuple[str, bytes]]) -> list[discord.File]:

@@ -35,6 +35,11 @@ class Failure:
     retryable: bool = False
 
 
+class DeliveryRefused(Exception):
+    """Discord refused the result for good (the same request would be refused again): the
+    job fails at once instead of being retried."""
+
+
 @dataclass(frozen=True)
 class Published:
     """A message now shows the images of these jobs (one job, or a whole batch)."""

@@ -37,6 +37,39 @@ def origin_of(interaction: discord.Interaction[Any]) -> Origin:
     )
 
 
+#: What the bot needs in a channel to deliver there (now, and with its own token after the
+#: interaction's 15 minutes), and to fetch its references again later.
+DELIVERY_PERMISSIONS = (
+    ("view_channel", "View Channel"),
+    ("send_messages", "Send Messages"),
+    ("embed_links", "Embed Links"),
+    ("attach_files", "Attach Files"),
+    ("read_message_history", "Read Message History"),
+)
+
+
+def missing_permissions(permissions: discord.Permissions, channel: object | None) -> list[str]:
+    """The names of the permissions the bot lacks in ``channel`` to deliver images there."""
+    needed = list(DELIVERY_PERMISSIONS)
+    if isinstance(channel, discord.Thread):
+        needed[1] = ("send_messages_in_threads", "Send Messages in Threads")
+    if isinstance(channel, discord.VoiceChannel | discord.StageChannel):
+        needed.append(("connect", "Connect"))  # reading a voice channel's chat needs it
+    return [label for attribute, label in needed if not getattr(permissions, attribute)]
+
+
+def check_can_deliver(interaction: discord.Interaction[Any]) -> None:
+    """Refuse, before anything is paid, when the bot could not post the result here."""
+    missing = missing_permissions(interaction.app_permissions, interaction.channel)
+    if missing:
+        names = ", ".join(missing)
+        raise UserError(
+            f"I cannot post images in this channel: I am missing the {names} "
+            f"permission{'s' if len(missing) > 1 else ''} here. Ask a server admin to give "
+            "kreabot these permissions in this channel (Edit Channel → Permissions)"
+        )
+
+
 def describe_error(interaction: discord.Interaction[Any], error: BaseException) -> str:
     """What the member is told about ``error`` (unexpected ones are logged here)."""
     original = getattr(error, "original", None) or error.__cause__

@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 from bot.errors import UserError
 from bot.fair_use import REQUESTER_ONLY, FairUse
 from bot.pixazo import ImageStyleReference, TextToImageRequest
-from bot.pixazo.models import SEED_MAX
+from bot.pixazo.models import RANDOM_SEED_MAX, SEED_MAX
 from bot.resolution import OPTION, Inputs, resolve
 from bot.runner import JobRunner
 from bot.storage.config import ConfigStore
@@ -51,8 +51,8 @@ VARY = {
 
 
 def new_seed() -> int:
-    """A random seed in Krea's range."""
-    return secrets.randbelow(SEED_MAX + 1)
+    """A random seed (within a signed 32-bit integer)."""
+    return secrets.randbelow(RANDOM_SEED_MAX + 1)
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,8 @@ class JobService:
         for index in range(count):
             params = resolved.request
             if count > 1:
-                seed = ((params.seed or 0) + index) % (SEED_MAX + 1)
+                first = params.seed or 0
+                seed = first + index if first + index <= SEED_MAX else first - index
                 params = params.model_copy(update={"seed": seed})
             batch.append(self._new_job(origin, params, resolved.sources, inputs.references))
         jobs = await self._jobs.create_many(batch, admit=decision.admit, since=decision.since)

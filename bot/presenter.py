@@ -163,22 +163,15 @@ def reference_embed(reference: Reference, filename: str) -> discord.Embed:
     return embed
 
 
-def batch_embed(jobs: list[Job], images: list[Any], *, filename: str) -> discord.Embed:
-    """The embed of a batch: the grid, every seed and the shared parameters."""
-    embed = result_embed(jobs[0], filename=filename)
+def batch_embed(jobs: list[Job], images: list[Any]) -> discord.Embed:
+    """The embed of a batch: every seed and the shared parameters. It shows no image: the
+    message's attachments are the images, each shown once."""
+    embed = result_embed(jobs[0], filename="")
+    embed.set_image(url=None)
     seeds = " · ".join(
         f"#{i + 1} `{job.seed}`" + ("" if image is not None else " (failed)")
         for i, (job, image) in enumerate(zip(jobs, images, strict=True))
     )
     embed.set_field_at(0, name="Seeds", value=seeds, inline=False)
     embed.set_footer(text=f"Krea 2 Large · jobs #{jobs[0].id}-#{jobs[-1].id}")
-    return embed
-
-
-def tile_embed(job: Job, filename: str) -> discord.Embed:
-    """A small embed holding one full-size image of a batch."""
-    embed = discord.Embed(
-        title=f"#{(job.batch_index or 0) + 1} · seed {job.seed}", colour=EMBED_COLOUR
-    )
-    embed.set_thumbnail(url=f"attachment://{filename}")
     return embed

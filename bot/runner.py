@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from bot.admission import BALANCE, OUTAGE, Admission, Breaker
-from bot.events import Failure, JobObserver, Progress, Published, Stage
+from bot.admission import BALANCE, OUTAGE, UNAUTHORIZED, Admission, Breaker
+from bot.events import DeliveryRefused, Failure, JobObserver, Progress, Published, Stage
 from bot.metrics import Metrics
 from bot.pixazo import (
     BadRequest,
@@ -43,8 +44,13 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Words in a FAILED job's error that mean the model's content filter refused it.
-SAFETY_WORDS = ("safety", "nsfw", "content", "flagged", "moderation", "policy", "inappropriate")
+#: What a FAILED job's error says when the model's content filter refused it. Everyday
+#: words ("content", "policy") alone are not enough: "content too long" is no refusal.
+REFUSAL = re.compile(
+    r"\b(nsfw|safety|unsafe|flagged|moderat\w*|inappropriate|prohibited|explicit"
+    r"|content[ _-](?:policy|filter|violation|moderation)|(?:policy|safety)[ _-]violation)\b",
+    re.IGNORECASE,
+)
 #: 5xx answers to a submit that come from the gateway's proxy: the request never reached
 #: the model, so sending it again later cannot charge twice.
 NOT_TAKEN_STATUSES = (502, 503, 504)
@@ -64,7 +70,13 @@ PAUSED_NOTES = {
         "this job continues on its own"
     ),
     OUTAGE: "the image service is failing; this job continues on its own when it recovers",
+    UNAUTHORIZED: (
+        "the image service refused this bot's key. A server admin has been told; "
+        "this job continues on its own once it is fixed"
+    ),
 }
+#: What a job that gave up waiting for an open breaker says, by the breaker's reason.
+GAVE_UP = {BALANCE: "balance", UNAUTHORIZED: "unauthorized"}
 
 
 class MemberLimits(Protocol):
@@ -77,8 +89,7 @@ class MemberLimits(Protocol):
 
 def classify_job_failure(exc: JobFailed) -> Failure:
     """FAILED with a safety reason is a refusal; ERROR is the gateway's own fault."""
-    text = (exc.error or "").lower()
-    if exc.job_status == "FAILED" and any(word in text for word in SAFETY_WORDS):
+    if exc.job_status == "FAILED" and REFUSAL.search(exc.error or ""):
         return Failure("refused", exc.error or "")
     if exc.job_status == "ERROR":
         return Failure("error", exc.error or "", retryable=True)
@@ -270,12 +281,11 @@ class JobRunner:
             self.admission.release(job.id)
             if status is None:
                 return
-            assert status.output is not None
             self._gateway_done[job.id] = status.completed_at
             await self.repo.update(
                 job,
                 state=JobState.DELIVERING,
-                media_url=status.output.media_url[0],
+                media_url=status.media_urls[0],
                 finished_at=self._clock(),
             )
         if job.state is JobState.DELIVERING:
@@ -292,7 +302,7 @@ class JobRunner:
                 self._schedule_probe()
                 if self._clock() - job.created_at > self._queue_give_up:
                     self.admission.withdraw(job.id)
-                    kind = "balance" if self.breaker.reason == BALANCE else "gateway_down"
+                    kind = GAVE_UP.get(self.breaker.reason or "", "gateway_down")
                     await self._fail(job, Failure(kind, "gave up waiting", True))
                     return False
                 progress = Progress("paused", note=PAUSED_NOTES.get(self.breaker.reason or ""))
@@ -343,7 +353,7 @@ class JobRunner:
             await self._requeue(job, BALANCE)
         except RateLimited as exc:
             self.polls.pause(exc.retry_after or self._retry_wait)
-            await self._requeue(job, None, note="rate limited, retrying")
+            await self._requeue(job, None, note="the image service is busy, retrying")
         except ConnectionFailed as exc:
             if exc.sent:
                 await self._fail(job, Failure("uncertain", exc.message, retryable=True))
@@ -361,9 +371,10 @@ class JobRunner:
             await self._fail(job, Failure("uncertain", exc.message, retryable=True))
             return False
         except Unauthorized as exc:
+            # A revoked key or a quota refuses every job alike: pause them all, tell the
+            # admins once, and probe until the key is accepted again.
             log.error("job %s: the gateway refused the Pixazo API key (%s)", job.id, exc.status)
-            await self._fail(job, Failure("unauthorized", retryable=True))
-            return False
+            await self._requeue(job, UNAUTHORIZED)
         except BadRequest as exc:
             await self._fail(job, Failure("bad_request", exc.message))
             return False
@@ -440,6 +451,14 @@ class JobRunner:
                 self.polls.pause(exc.retry_after or self._retry_wait)
                 await self._progress(job, self._waiting(started, "rate limited, retrying"))
                 continue
+            except Unauthorized as exc:
+                if self.breaker.open(UNAUTHORIZED):
+                    await self._paused(job, UNAUTHORIZED)
+                await self._progress(job, self._waiting(started, PAUSED_NOTES[UNAUTHORIZED]))
+                log.warning("job %s: status refused (%s)", job.id, exc.status)
+                await asyncio.sleep(self._backoff.delay(errors))
+                errors += 1
+                continue
             except (ServerError, ConnectionFailed, PixazoTimeout) as exc:
                 await self._transient(job)
                 note = "the image service is slow to answer, retrying"
@@ -457,7 +476,7 @@ class JobRunner:
                 self.admission.pump()  # the gateway answers again: let waiting jobs go
             if status.status == "PROCESSING" and job.state is JobState.SUBMITTED:
                 await self.repo.update(job, state=JobState.PROCESSING)
-            if status.status == "COMPLETED":
+            if status.status == "COMPLETED" and status.media_urls:
                 if self._planner is not None:
                     self._planner.observe(status)
                 return status
@@ -501,6 +520,10 @@ class JobRunner:
                 published = await self.observer.job_result(job, media)
             except DownloadRejected as exc:
                 await self._fail(job, Failure("download", exc.message))
+                return
+            except DeliveryRefused as exc:
+                log.warning("job %s: Discord refused the result: %s", job.id, exc)
+                await self._fail(job, Failure("delivery", retryable=True))
                 return
             except asyncio.CancelledError:
                 raise

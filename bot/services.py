@@ -23,6 +23,7 @@ import aiohttp
 from bot.commands_sync import CommandSync
 from bot.delivery import DiscordDelivery
 from bot.fair_use import FairUse
+from bot.imaging import ImageWorker
 from bot.job_service import JobService
 from bot.maintenance import Maintenance
 from bot.metrics import Metrics
@@ -37,6 +38,9 @@ from bot.web import WebServer
 
 log = logging.getLogger(__name__)
 
+#: How long the background command sync may wait (e.g. for Discord's rate limits).
+SYNC_TIMEOUT_SECONDS = 120.0
+
 
 @dataclass
 class Services:
@@ -50,6 +54,7 @@ class Services:
     config: ConfigStore
     fair_use: FairUse
     metrics: Metrics
+    images: ImageWorker
     delivery: DiscordDelivery
     runner: JobRunner
     job_service: JobService
@@ -85,7 +90,11 @@ class Services:
 
     async def _sync(self) -> None:
         try:
-            await self.commands.sync(only_if_changed=True)
+            # Bounded: a rate limited sync gives up rather than wait for ever.
+            async with asyncio.timeout(SYNC_TIMEOUT_SECONDS):
+                await self.commands.sync(only_if_changed=True)
+        except TimeoutError:
+            log.warning("the slash command sync timed out; `python -m bot sync` retries it")
         except Exception:
             log.exception("could not sync the slash commands; `python -m bot sync` retries")
 
@@ -99,5 +108,7 @@ class Services:
                 await task
         self._tasks.clear()
         await self.runner.close()
+        await self.delivery.close()
         if self.web is not None:
             await self.web.close()
+        self.images.close()

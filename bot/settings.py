@@ -87,6 +87,14 @@ class Settings(BaseSettings):
     MAX_REFERENCE_BYTES: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
     #: Largest generated image downloaded from the gateway, in bytes.
     MAX_DOWNLOAD_BYTES: Annotated[int, Field(ge=1024)] = 50 * 1024 * 1024
+    #: Largest image decoded, in pixels (width x height): generated results, members'
+    #: references and grids. A file declaring more is refused before it is decoded (a 20 KB
+    #: PNG can declare 13000x13000 pixels, 645 MiB decoded). 50 MP covers Krea's outputs
+    #: (1-4 MP) and phones' high-resolution photos (48-50 MP); one decode costs at most
+    #: about 4 bytes per pixel (200 MB) per IMAGE_THREADS thread, usually far less.
+    MAX_IMAGE_PIXELS: Annotated[int, Field(ge=1_000_000, le=500_000_000)] = 50_000_000
+    #: Threads decoding and re-encoding images; more images wait in line (bounds memory).
+    IMAGE_THREADS: Annotated[int, Field(ge=1, le=16)] = 2
     #: Longest prompt accepted by /imagine.
     MAX_PROMPT_LENGTH: Annotated[int, Field(ge=10, le=4000)] = 1500
 

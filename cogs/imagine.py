@@ -12,11 +12,14 @@ from discord.ext import commands
 from bot.delivery import DiscordDelivery
 from bot.errors import UserError
 from bot.fair_use import MAX_BATCH
-from bot.interactions import origin_of
+from bot.interactions import check_can_deliver, origin_of
 from bot.job_service import JobService
 from bot.pixazo.models import (
     CREATIVITY_LEVELS,
+    MAX_PROMPT_LENGTH,
+    RANDOM_SEED_MAX,
     SEED_MAX,
+    SEED_MIN,
     STRENGTH_MAX,
     STRENGTH_MIN,
     AspectRatio,
@@ -71,8 +74,11 @@ def human_size(size: int) -> str:
     return f"{size} bytes"
 
 
-def check_image(attachment: discord.Attachment, option: str, max_bytes: int) -> None:
-    """Refuse anything but a png/jpeg/webp/gif under the cap."""
+def check_image(
+    attachment: discord.Attachment, option: str, max_bytes: int, max_pixels: int
+) -> None:
+    """Refuse, from what Discord says of it, anything but a png/jpeg/webp/gif under the caps
+    (its bytes are checked too, once the command is acknowledged)."""
     content_type = (attachment.content_type or "").split(";")[0].strip().lower()
     is_image = content_type in IMAGE_TYPES or (
         not content_type and attachment.filename.lower().endswith(IMAGE_EXTENSIONS)
@@ -85,6 +91,11 @@ def check_image(attachment: discord.Attachment, option: str, max_bytes: int) -> 
     if attachment.size > max_bytes:
         raise UserError(
             f"`{option}` is {human_size(attachment.size)}; the limit is {human_size(max_bytes)}"
+        )
+    if attachment.width and attachment.height and attachment.width * attachment.height > max_pixels:
+        raise UserError(
+            f"`{option}` is {attachment.width}x{attachment.height} pixels; the limit is "
+            f"{max_pixels / 1e6:g} megapixels"
         )
 
 
@@ -124,10 +135,10 @@ class ImagineCog(commands.Cog):
     async def imagine(
         self,
         interaction: discord.Interaction[Any],
-        prompt: app_commands.Range[str, 1, 1500],
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_LENGTH],
         aspect: AspectRatio | None = None,
         creativity: app_commands.Choice[str] | None = None,
-        seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
+        seed: app_commands.Range[int, SEED_MIN, SEED_MAX] | None = None,
         reference: discord.Attachment | None = None,
         reference2: discord.Attachment | None = None,
         reference3: discord.Attachment | None = None,
@@ -144,24 +155,34 @@ class ImagineCog(commands.Cog):
             raise UserError(f"the prompt is {len(prompt)} characters; the limit is {limit}")
         if not prompt.strip():
             raise UserError("the prompt is empty")
+        check_can_deliver(interaction)
         references: list[Reference] = []
-        for option, attachment in (
-            ("reference", reference),
-            ("reference2", reference2),
-            ("reference3", reference3),
-            ("reference4", reference4),
+        attachments: list[tuple[str, discord.Attachment]] = []
+        for option, attachment, strength, role in (
+            ("reference", reference, reference_strength, "reference"),
+            ("reference2", reference2, reference_strength, "reference"),
+            ("reference3", reference3, reference_strength, "reference"),
+            ("reference4", reference4, reference_strength, "reference"),
+            ("avoid", avoid, AVOID_STRENGTH, "avoid"),
         ):
             if attachment is not None:
-                check_image(attachment, option, self.settings.MAX_REFERENCE_BYTES)
-                references.append(reference_of(attachment, reference_strength, "reference"))
-        if avoid is not None:
-            check_image(avoid, "avoid", self.settings.MAX_REFERENCE_BYTES)
-            references.append(reference_of(avoid, AVOID_STRENGTH, "avoid"))
+                check_image(
+                    attachment,
+                    option,
+                    self.settings.MAX_REFERENCE_BYTES,
+                    self.settings.MAX_IMAGE_PIXELS,
+                )
+                references.append(reference_of(attachment, strength, role))
+                attachments.append((option, attachment))
         # Acknowledge before any database or network work.
         await interaction.response.defer(thinking=True)
+        for option, attachment in attachments:
+            await self.delivery.probe_attachment(
+                attachment.proxy_url or attachment.url, f"`{option}`"
+            )
         inputs = Inputs(
             prompt=prompt,
-            seed=seed if seed is not None else secrets.randbelow(SEED_MAX + 1),
+            seed=seed if seed is not None else secrets.randbelow(RANDOM_SEED_MAX + 1),
             aspect_ratio=aspect,
             creativity=creativity.value if creativity else None,
             styles=styles,

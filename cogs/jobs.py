@@ -112,6 +112,7 @@ class JobsCog(commands.Cog):
 
     async def cancel(self, interaction: discord.Interaction[Any], job_ids: list[int]) -> None:
         """Cancel queued jobs of the member and say which could not be."""
+        await interaction.response.defer(ephemeral=True, thinking=True)  # answer within 3 s
         cancelled, kept = await self.job_service.cancel(job_ids, interaction.user.id)
         for job in cancelled:
             await self.delivery.edit_job_message(
@@ -125,9 +126,7 @@ class JobsCog(commands.Cog):
                 ", ".join(f"#{j.id}" for j in kept) + " already reached the image service and "
                 "cannot be cancelled."
             )
-        await interaction.response.send_message(
-            " ".join(parts) or "Nothing to cancel.", ephemeral=True
-        )
+        await interaction.followup.send(" ".join(parts) or "Nothing to cancel.", ephemeral=True)
 
     @app_commands.command(name="jobs", description="Your running, queued and recent images")
     @app_commands.guild_only()

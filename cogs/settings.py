@@ -165,7 +165,8 @@ class SettingsCog(commands.Cog):
         """Readable by anyone."""
         assert interaction.guild_id is not None
         config = await self.store.server(interaction.guild_id)
-        await self._reply(interaction, describe_config(config, interaction.channel_id))
+        text = describe_config(config, interaction.channel_id)
+        await self._reply(interaction, text if len(text) <= 1900 else text[:1899] + "…")
 
     # -- moodboard -------------------------------------------------------------------
 

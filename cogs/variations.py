@@ -16,9 +16,9 @@ from discord.ext import commands
 
 from bot.delivery import DiscordDelivery
 from bot.errors import UserError
-from bot.interactions import origin_of, report_error
+from bot.interactions import check_can_deliver, missing_permissions, origin_of, report_error
 from bot.job_service import UNAVAILABLE, JobService, Origin, Variant, new_seed
-from bot.pixazo.models import SEED_MAX
+from bot.pixazo.models import SEED_MAX, SEED_MIN
 from bot.settings import Settings
 from bot.storage.jobs import Job
 
@@ -51,8 +51,9 @@ class RemixModal(discord.ui.Modal, title="Remix"):
             discord.ui.TextInput(
                 label="Prompt",
                 style=discord.TextStyle.paragraph,
-                default=job.params.prompt[:4000],
-                max_length=min(4000, max_prompt),
+                # As long as the longest prompt /imagine accepts; the default must fit in it.
+                default=job.params.prompt[:max_prompt],
+                max_length=max_prompt,
                 custom_id=PROMPT_FIELD,
             )
         )
@@ -61,7 +62,7 @@ class RemixModal(discord.ui.Modal, title="Remix"):
                 label="Seed (empty for a random one)",
                 default=str(job.seed),
                 required=False,
-                max_length=10,
+                max_length=len(str(SEED_MIN)),
                 custom_id=SEED_FIELD,
             )
         )
@@ -86,8 +87,11 @@ def submitted_values(components: list[dict[str, Any]]) -> dict[str, str]:
 def parse_remix(values: dict[str, str]) -> tuple[str, int]:
     """The prompt and seed of a remix form; refused when either is unusable."""
     seed_text = values.get(SEED_FIELD, "").strip()
-    if seed_text and (not seed_text.isdigit() or int(seed_text) > SEED_MAX):
-        raise UserError(f"The seed must be a whole number from 0 to {SEED_MAX}")
+    digits = seed_text.removeprefix("-")
+    if seed_text and (
+        not (digits.isascii() and digits.isdigit()) or not SEED_MIN <= int(seed_text) <= SEED_MAX
+    ):
+        raise UserError(f"The seed must be a whole number from {SEED_MIN} to {SEED_MAX}")
     prompt = values.get(PROMPT_FIELD, "").strip()
     if not prompt:
         raise UserError("The prompt cannot be empty")
@@ -121,6 +125,8 @@ class VariationsCog(commands.Cog):
         """The job a press acts on: it must be in this server, and the member may press it
         (the server's button rule; Delete: the requester or Manage Messages)."""
         origin = origin_of(interaction)
+        if action != "delete":
+            check_can_deliver(interaction)
         if action in ("open", "delete"):
             job = await self.jobs.load(job_id, origin.guild_id)
             if action == "delete" and not (
@@ -214,14 +220,20 @@ class VariationsCog(commands.Cog):
             if allowed and not await self.delivery.delete_result(job, job.result_message_id):
                 log.info("job %s: could not delete its result", job.id)
             return
+        if not await self.jobs.may_press(job, payload.user_id, payload.channel_id):
+            return
+        channel = await self.delivery.channel_for(job)
+        guild = self.bot.get_guild(payload.guild_id)
+        if guild is None or missing_permissions(channel.permissions_for(guild.me), channel):
+            log.info("reaction on job %s: the bot cannot post in that channel", job.id)
+            return
+        # No interaction: the result goes out with the bot's token, under the server's limit.
         origin = Origin(
             guild_id=payload.guild_id,
             channel_id=payload.channel_id,
             user_id=payload.user_id,
-            filesize_limit=job.filesize_limit,
+            filesize_limit=guild.filesize_limit,
         )
-        if not await self.jobs.may_press(job, payload.user_id, payload.channel_id):
-            return
         announce = self.delivery.channel_announcer(payload.channel_id, job.result_message_id)
         try:
             await self.jobs.derive(job, origin, "regenerate", announce, seed=new_seed())

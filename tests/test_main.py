@@ -42,8 +42,9 @@ from tests.support.yaml_subset import load as load_yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "pixazo-key-that-must-stay-secret"
 #: The exact permissions the invite asks for: View Channel, Send Messages, Send Messages in
-#: Threads, Embed Links, Attach Files, Read Message History, Add Reactions.
-PERMISSION_BITS = (10, 11, 38, 14, 15, 16, 6)
+#: Threads, Embed Links, Attach Files, Read Message History, Add Reactions, Connect (voice
+#: channels' chats).
+PERMISSION_BITS = (10, 11, 38, 14, 15, 16, 6, 20)
 PERMISSIONS = sum(1 << bit for bit in PERMISSION_BITS)
 
 

@@ -67,6 +67,24 @@ async def test_dev_guild_commands_sync_to_that_guild_once(world: World) -> None:
     assert world.discord.command("imagine", world.guild) is not None
 
 
+async def test_switching_between_global_and_dev_guild_never_registers_commands_twice(
+    world: World,
+) -> None:
+    async with world.bot():  # an ordinary start: global commands
+        pass
+    assert world.discord.command("imagine") is not None
+
+    async with world.bot(DEV_GUILD_ID=world.guild.id):  # testing in one server
+        pass
+    assert world.discord.commands(None) == []  # the global copies are gone
+    assert [c["name"] for c in world.discord.commands(world.guild) if c["name"] == "imagine"]
+
+    async with world.bot():  # back to global
+        pass
+    assert world.discord.commands(world.guild) == []
+    assert world.discord.command("imagine") is not None
+
+
 async def test_the_sync_coroutine_always_syncs_and_records_the_hash(world: World) -> None:
     from bot.__main__ import sync
 

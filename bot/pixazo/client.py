@@ -51,6 +51,17 @@ class DownloadedMedia:
     content_type: str
 
 
+def sniff_image_type(head: bytes) -> str | None:
+    """The MIME type of image bytes by their magic number (PNG, JPEG, WebP), else None."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds form), or None."""
     if not value:
@@ -225,8 +236,8 @@ class PixazoClient:
     async def download(
         self, media_url: str, *, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
     ) -> DownloadedMedia:
-        """Download a result image: https or the gateway's origin only, image/* only, capped.
-        One attempt."""
+        """Download a result image: https or the gateway's origin only, capped, and an image
+        by its bytes (a CDN's Content-Type is not trusted either way). One attempt."""
         parts = urlsplit(media_url)
         if parts.scheme != "https" and not self._same_origin(media_url):
             raise DownloadRejected("refusing to download media from a non-https URL")
@@ -234,12 +245,11 @@ class PixazoClient:
         # one image, where a list of chunks plus join() needs two.
         buffer = io.BytesIO()
         size = 0
+        kind: str | None = None
+        head = b""
         async with self._request(
             "GET", media_url, "the media host", time_limit=self._request_timeout
         ) as response:
-            content_type = response.content_type or ""
-            if not content_type.startswith("image/"):
-                raise DownloadRejected(f"the media is not an image ({content_type or '?'})")
             declared = response.content_length
             if declared is not None and declared > max_bytes:
                 raise DownloadRejected(
@@ -250,7 +260,17 @@ class PixazoClient:
                 if size > max_bytes:
                     raise DownloadRejected(f"the image is over the {max_bytes} byte cap")
                 buffer.write(chunk)
-        return DownloadedMedia(buffer.getvalue(), content_type)
+                if kind is None and len(head) < 12:
+                    head += chunk[: 12 - len(head)]
+                    if len(head) < 12:
+                        continue
+                    kind = sniff_image_type(head)
+                    if kind is None:
+                        declared_type = response.content_type or "?"
+                        raise DownloadRejected(f"the media is not an image ({declared_type})")
+        if kind is None:
+            raise DownloadRejected("the media is not an image (too short)")
+        return DownloadedMedia(buffer.getvalue(), kind)
 
 
-__all__ = ["DownloadedMedia", "PixazoClient", "parse_retry_after"]
+__all__ = ["DownloadedMedia", "PixazoClient", "parse_retry_after", "sniff_image_type"]

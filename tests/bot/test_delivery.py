@@ -21,6 +21,7 @@ from discord import app_commands
 
 from bot.delivery import DiscordDelivery
 from bot.events import Failure, Progress, Published
+from bot.imaging import ImageWorker
 from bot.pixazo import DownloadedMedia, build_request
 from bot.storage.config import SERVER, ConfigStore
 from bot.storage.db import open_database
@@ -112,9 +113,10 @@ async def scene(tmp_path: Path) -> AsyncIterator[Scene]:
             async with run_bot(client, fake):
                 repo = JobRepository(db)
                 config = ConfigStore(db)
-                yield Scene(
-                    fake, client, repo, config, DiscordDelivery(client, repo, config, session)
-                )
+                images = ImageWorker(2)
+                delivery = DiscordDelivery(client, repo, config, session, images)
+                yield Scene(fake, client, repo, config, delivery)
+                images.close()
     await db.close()
 
 
@@ -125,7 +127,9 @@ async def test_announce_progress_and_result_in_the_members_reply(scene: Scene) -
     assert "Queued" in scene.message(message_id).content
 
     await scene.delivery.job_progress(job, Progress("processing", 12.0))
-    assert "Generating" in scene.message(message_id).content
+    await scene.fake.wait_for(
+        lambda: "Generating" in scene.message(message_id).content, what="the progress edit"
+    )
 
     published = await scene.delivery.job_result(job, media(1))
 
@@ -136,6 +140,45 @@ async def test_announce_progress_and_result_in_the_members_reply(scene: Scene) -
     assert shown.embeds[0]["footer"]["text"] == f"Krea 2 Large · job #{job.id}"
     assert f"krea:regen:{job.id}" in custom_ids(shown)
     assert shown.pinged_user_ids == set()
+
+
+def edits_of(scene: Scene, message_id: int) -> list[Any]:
+    return [r for r in scene.fake.requests if r.method == "PATCH" and str(message_id) in r.path]
+
+
+async def test_progress_never_waits_for_discord_and_is_coalesced(scene: Scene) -> None:
+    interaction = await scene.interaction()
+    (job,) = await scene.jobs(interaction)
+    message_id = await scene.announced([job], interaction)
+    await scene.repo.update(job, token_expires_at=0.0)  # the bot's token: rate limited
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for second in range(20):
+        await scene.delivery.job_progress(job, Progress("processing", float(second)))
+    assert loop.time() - started < 0.5  # the runner's poll loop is never held up
+
+    await scene.fake.wait_for(
+        lambda: "19 s" in scene.message(message_id).content, what="the latest progress"
+    )
+    assert len(edits_of(scene, message_id)) <= 2  # twenty updates, one or two edits
+
+
+async def test_progress_stops_for_a_message_that_is_gone(scene: Scene) -> None:
+    interaction = await scene.interaction()
+    (job,) = await scene.jobs(interaction)
+    message_id = await scene.announced([job], interaction)
+    await scene.repo.update(job, token_expires_at=0.0)
+    await scene.fake.delete_message(scene.message(message_id))
+
+    await scene.delivery.job_progress(job, Progress("processing", 1.0))
+    await scene.fake.wait_for(lambda: edits_of(scene, message_id), what="one edit attempt")
+    await asyncio.sleep(0.1)
+    await scene.delivery.job_progress(job, Progress("submitted"))
+    await scene.delivery.job_progress(job, Progress("processing", 2.0))
+    await asyncio.sleep(0.2)
+
+    assert len(edits_of(scene, message_id)) == 1  # not tried again
 
 
 async def test_a_batch_is_held_until_its_last_image_then_posted_once(scene: Scene) -> None:
@@ -151,9 +194,16 @@ async def test_a_batch_is_held_until_its_last_image_then_posted_once(scene: Scen
     published = await scene.delivery.job_result(jobs[3], media(jobs[3].seed))
 
     assert published == Published(message_id, tuple(job.id for job in jobs))
-    names = [a.filename for a in scene.message(message_id).attachments]
-    assert names[0] == "grid.jpg"
-    assert {f"krea-{job.id}-{job.seed}.png" for job in jobs} <= set(names)
+    shown = scene.message(message_id)
+    # Each image once: the four images as attachments, no grid repeating them.
+    assert [a.filename for a in shown.attachments] == [f"krea-{j.id}-{j.seed}.png" for j in jobs]
+    assert [a.data for a in shown.attachments] == [media(j.seed).data for j in jobs]
+    assert all("image" not in embed and "thumbnail" not in embed for embed in shown.embeds)
+    assert custom_ids(shown) == [
+        *(f"krea:open:{j.id}" for j in jobs),
+        *(f"krea:vary:subtle:{j.id}" for j in jobs),
+        f"krea:delete:{jobs[0].id}",
+    ]
 
 
 async def test_a_batch_whose_last_job_failed_posts_the_others(scene: Scene) -> None:
@@ -168,8 +218,11 @@ async def test_a_batch_whose_last_job_failed_posts_the_others(scene: Scene) -> N
     published = await scene.delivery.job_failed(jobs[2], Failure("refused", "flagged"))
 
     assert published == Published(message_id, (jobs[0].id, jobs[1].id))
-    grid = scene.message(message_id)
-    assert "(failed)" in grid.embeds[0]["fields"][0]["value"]
+    batch = scene.message(message_id)
+    assert "(failed)" in batch.embeds[0]["fields"][0]["value"]
+    assert [a.filename for a in batch.attachments] == [
+        f"krea-{j.id}-{j.seed}.png" for j in jobs[:2]
+    ]
 
 
 async def test_a_failure_says_why_with_a_retry_button(scene: Scene) -> None:
@@ -199,6 +252,24 @@ async def test_after_the_token_expired_the_result_is_a_reply_by_the_bot(scene: S
     assert int(reply.message_reference["message_id"]) == message_id
     assert reply.attachments[0].data == media(2).data
     assert "Finished" in scene.message(message_id).content
+
+
+async def test_each_file_is_fitted_to_the_limit_of_the_path_it_takes(scene: Scene) -> None:
+    big = DownloadedMedia(png_bytes((10, 200, 30), (900, 900)) + b"", "image/png")
+    interaction = await scene.interaction()
+    jobs = await scene.jobs(interaction, count=2)
+    await scene.announced(jobs, interaction)
+    for job in jobs:
+        await scene.repo.update(job, token_expires_at=0.0)  # the bot's token: the server limit
+    scene.delivery.upload_limit = lambda job, *, with_token: 4000  # type: ignore[method-assign]
+
+    await scene.delivery.job_result(jobs[0], big)
+    published = await scene.delivery.job_result(jobs[1], big)
+
+    assert published is not None
+    shown = scene.message(published.message_id)
+    assert len(shown.attachments) == 2
+    assert all(a.size <= 4000 for a in shown.attachments)  # each file on its own
 
 
 async def test_a_pause_is_told_in_each_servers_log_channel(scene: Scene) -> None:

@@ -14,16 +14,19 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 import bot.runner
-from bot.admission import BALANCE, Breaker
-from bot.events import Failure, Progress, Published
-from bot.pixazo import DownloadedMedia, PixazoClient, build_request
+from bot.admission import BALANCE, UNAUTHORIZED, Breaker
+from bot.events import DeliveryRefused, Failure, Progress, Published
+from bot.pixazo import DownloadedMedia, JobFailed, PixazoClient, build_request
+from bot.pixazo.client import SUBMIT_PATH
 from bot.polling import PollSchedule
-from bot.runner import JobRunner
+from bot.runner import JobRunner, classify_job_failure
 from bot.storage.db import Database, open_database
 from bot.storage.jobs import Job, JobRepository, JobState, NewJob
 from fake_pixazo import FakePixazo
+from tests.support.images import png_bytes
 
 API_KEY = "runner-test-key"
 FAST = PollSchedule(first=0.01, interval=0.01, factor=1.0, cap=0.01)
@@ -234,9 +237,7 @@ async def test_failed_and_error_jobs_end_failed_with_their_reason(
     assert rig.fake.media_calls() == []
 
 
-@pytest.mark.parametrize(
-    ("status", "kind"), [(400, "bad_request"), (401, "unauthorized"), (500, "gateway_down")]
-)
+@pytest.mark.parametrize(("status", "kind"), [(400, "bad_request"), (500, "gateway_down")])
 async def test_a_refused_submit_fails_the_job_without_sending_it_again(
     rig: Rig, status: int, kind: str
 ) -> None:
@@ -311,6 +312,28 @@ async def test_an_empty_wallet_pauses_tells_the_admins_once_and_resumes(rig: Rig
     assert "paused" in rig.observer.stages(job.id)
     assert [r.status for r in rig.fake.submits()][-1] == 202
     assert len(rig.fake.jobs) == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_a_refused_key_pauses_every_job_with_one_notice_until_it_works(
+    rig: Rig, status: int
+) -> None:
+    rig.runner.breaker = Breaker(probe_after=0.05)
+    rig.runner.admission.breaker = rig.runner.breaker
+    rig.fake.fail_next("submit", status, times=3)  # the key was revoked, then fixed
+    jobs = [await rig.job("first"), await rig.job("second")]
+    for job in jobs:
+        rig.runner.start(job)
+    async with asyncio.timeout(5):
+        await rig.runner.join()
+
+    assert rig.observer.pauses == [UNAUTHORIZED]  # one notice for every job
+    for job in jobs:
+        done = await rig.repo.get(job.id)
+        assert done is not None and done.state is JobState.COMPLETED
+        assert "paused" in rig.observer.stages(job.id) or job is jobs[0]
+    assert [r.status for r in rig.fake.submits()] == [status] * 3 + [202, 202]
+    assert rig.observer.failures == []
 
 
 @pytest.mark.parametrize("rig", [{"queue_give_up": 0.1}], indirect=True)
@@ -449,3 +472,97 @@ async def test_after_a_restart_a_submitting_job_is_interrupted_and_a_submitted_o
     assert finished is not None and finished.state is JobState.COMPLETED
     assert [f.kind for _, f in rig.observer.failures] == ["interrupted"]
     assert len(rig.fake.submits()) == 1  # nothing was sent again
+
+
+# -- what the gateway answers is read leniently ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        ("Blocked by the content policy", "refused"),
+        ("NSFW content detected", "refused"),
+        ("The content is too long for the model", "failed"),
+        ("Retry policy exhausted upstream", "failed"),
+    ],
+)
+def test_a_refusal_is_told_apart_from_everyday_words(error: str, kind: str) -> None:
+    failure = classify_job_failure(JobFailed("FAILED", error, request_id="r"))
+    assert failure.kind == kind
+
+
+async def test_odd_but_usable_answers_still_deliver_the_paid_job(tmp_path: Path) -> None:
+    """A gateway that answers with only a request id, an unknown status, a media_url string and
+    a timestamp that does not parse: the job is tracked and delivered all the same."""
+    statuses = iter(["WARMING_UP", "processing"])
+    seen: list[str] = []
+
+    async def submit(request: web.Request) -> web.Response:
+        seen.append("submit")
+        return web.json_response({"request_id": "odd-1", "status": None})
+
+    async def status(request: web.Request) -> web.Response:
+        seen.append("status")
+        name = next(statuses, None)
+        if name is not None:
+            return web.json_response({"status": name, "output": []})
+        base = f"http://{request.host}"
+        return web.json_response(
+            {
+                "status": "COMPLETED",
+                "output": {"media_url": f"{base}/out.png"},
+                "completed_at": "sometime",
+            }
+        )
+
+    async def media(request: web.Request) -> web.Response:
+        seen.append("media")
+        return web.Response(body=png_bytes("green"), content_type="application/octet-stream")
+
+    app = web.Application()
+    app.router.add_post(SUBMIT_PATH, submit)
+    app.router.add_get("/v2/requests/status/{request_id}", status)
+    app.router.add_get("/out.png", media)
+    server = web.AppRunner(app)
+    await server.setup()
+    await web.TCPSite(server, "127.0.0.1", 0).start()
+    base_url = f"http://127.0.0.1:{server.addresses[0][1]}"
+    db = await open_database(tmp_path / "odd.sqlite3")
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = PixazoClient(session, API_KEY, base_url=base_url)
+            repo = RecordingRepository(db)
+            observer = Observer()
+            runner = make_runner(repo, client, observer)
+            job = await repo.create(
+                NewJob(guild_id=1, channel_id=2, user_id=3, params=build_request(prompt="p"))
+            )
+            runner.start(job)
+            async with asyncio.timeout(5):
+                await runner.join()
+            done = await repo.get(job.id)
+    finally:
+        await db.close()
+        await server.cleanup()
+    assert done is not None and done.state is JobState.COMPLETED
+    assert done.request_id == "odd-1" and done.polling_url is None
+    assert seen.count("submit") == 1 and seen.count("media") == 1
+    ((_, media_result),) = observer.results
+    assert media_result.content_type == "image/png"
+
+
+async def test_a_result_discord_refuses_for_good_fails_at_once(rig: Rig) -> None:
+    attempts = 0
+
+    async def refused(job: Job, media: DownloadedMedia) -> Published | None:
+        nonlocal attempts
+        attempts += 1
+        raise DeliveryRefused("400 50035: Invalid Form Body")
+
+    rig.observer.job_result = refused  # type: ignore[method-assign]
+    job = await rig.job()
+
+    done = await rig.run(job)
+
+    assert attempts == 1  # the same body would be refused again: not retried
+    assert done.state is JobState.FAILED and done.error_kind == "delivery"

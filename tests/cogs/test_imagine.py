@@ -280,14 +280,6 @@ FAILURES = {
         "refused",
         retry=False,
     ),
-    "unauthorized": FailureCase(
-        lambda p: None,
-        ("credentials",),
-        "unauthorized",
-        retry=True,
-        overrides={"PIXAZO_API_KEY": WRONG_KEY},
-        forbidden=(WRONG_KEY,),
-    ),
     "error": FailureCase(
         lambda p: p.next_outcome("ERROR", "GPU worker crashed"),
         ("internal error", "not charged"),
@@ -372,7 +364,7 @@ async def test_rate_limited_submit_waits_then_completes_with_one_accepted_job(
     assert len(world.pixazo.jobs) == 1
     assert row["request_id"] == only_request_id(world.pixazo)
     shown = [revision.content for revision in message.history]
-    assert any("Waiting" in text and "rate limited" in text for text in shown), shown
+    assert any("Waiting" in text and "busy, retrying" in text for text in shown), shown
     assert message.files[0].startswith(b"\x89PNG")
     assert_nothing_leaked(world)
 

@@ -40,6 +40,7 @@ from tests.support.scenes import (
 from tests.support.world import World
 
 UNAVAILABLE = "This result is no longer available."
+UNKNOWN_CONTROL = "This button is no longer available."
 BOARD = "123e4567-e89b-12d3-a456-426614174000"
 RICH = {
     "prompt": "a lighthouse at dusk",
@@ -354,17 +355,19 @@ async def test_vary_days_later_sends_a_fresh_url_of_the_result(clocked: World) -
 
 
 @pytest.mark.parametrize(
-    "custom_id",
+    ("custom_id", "answer"),
     [
-        "krea:regen:999999",
-        "krea:regen:abc",
-        "krea:regen:9999999999999999999",  # fits the template, not SQLite's integers
-        "krea:vary:wild:1",
-        "krea:bogus",
+        ("krea:regen:999999", UNAVAILABLE),
+        ("krea:regen:abc", UNKNOWN_CONTROL),
+        # Longer than the template allows (and than SQLite's integers).
+        ("krea:regen:9999999999999999999", UNKNOWN_CONTROL),
+        ("krea:vary:wild:1", UNKNOWN_CONTROL),
+        ("krea:bogus", UNKNOWN_CONTROL),
+        ("someone-elses-bot:button:1", UNKNOWN_CONTROL),
     ],
 )
 async def test_forged_custom_id_is_answered_no_longer_available(
-    world: World, custom_id: str, caplog: pytest.LogCaptureFixture
+    world: World, custom_id: str, answer: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR)
     async with world.bot():
@@ -372,7 +375,7 @@ async def test_forged_custom_id_is_answered_no_longer_available(
         forge(result, "krea:regen:1", custom_id)  # a tampered message carries the bad id
         click = await press(world, result, custom_id)
         assert click.response_type == 4 and click.ephemeral
-        assert reply_text(click) == UNAVAILABLE
+        assert reply_text(click) == answer
         await click.wait_until_done()
     assert len(world.submitted_bodies()) == 1
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
@@ -509,7 +512,7 @@ async def test_delete_reaction_by_a_stranger_is_ignored(world: World) -> None:
 # --------------------------------------------------------------------------- batches
 
 
-async def test_a_batch_of_four_is_one_grid_message_with_open_and_vary(world: World) -> None:
+async def test_a_batch_of_four_is_one_message_showing_each_image_once(world: World) -> None:
     async with world.bot():
         handle, grid = await imagine_result(world, prompt="four cats", seed=100, count=4)
         bodies = await wait_for_submits(world, 4)
@@ -519,14 +522,15 @@ async def test_a_batch_of_four_is_one_grid_message_with_open_and_vary(world: Wor
         assert all(without(b, "seed") == without(bodies[0], "seed") for b in bodies)
         results = [m for m in bot_messages(world.discord) if m.attachments]
         assert results == [grid]
-        assert grid.filenames[0] == "grid.jpg"
-        assert sorted(grid.filenames[1:]) == sorted(f"krea-{i}-{99 + i}.png" for i in range(1, 5))
+        # Each image once (Discord shows the attachments as a gallery), no grid repeating them.
+        assert grid.filenames == [f"krea-{i}-{99 + i}.png" for i in range(1, 5)]
+        assert all("image" not in embed and "thumbnail" not in embed for embed in grid.embeds)
         assert grid.custom_ids == [
             *(f"krea:open:{i}" for i in range(1, 5)),
             *(f"krea:vary:subtle:{i}" for i in range(1, 5)),
             "krea:delete:1",
         ]
-        assert grid.embeds[0]["image"]["url"] == "attachment://grid.jpg"
+        assert "#2 `101`" in grid.embeds[0]["fields"][0]["value"]
 
         opened_click = await press(world, grid, "krea:open:2")
         opened = await world.result_of(opened_click)
@@ -573,7 +577,7 @@ async def test_count_above_the_server_maximum_is_refused(world: World) -> None:
         assert "at most 2" in (private_reply(handle) or "")
         assert handle.original is not None and handle.original.deleted  # no public trace
         _, grid = await imagine_result(world, prompt="cats", count=2, seed=9)
-        assert grid.filenames[0] == "grid.jpg"
+        assert grid.filenames == ["krea-1-9.png", "krea-2-10.png"]
     assert sorted(b["seed"] for b in world.submitted_bodies()) == [9, 10]
 
 

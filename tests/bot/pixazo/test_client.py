@@ -405,13 +405,23 @@ async def other_origin() -> AsyncIterator[tuple[str, list[web.Request]]]:
         response = web.StreamResponse(headers={"Content-Type": "image/png"})
         response.enable_chunked_encoding()
         await response.prepare(request)
-        for _ in range(8):
-            await response.write(b"\0" * 1024)
+        for index in range(8):
+            head = PNG_SIGNATURE if index == 0 else b""
+            await response.write(head + b"\0" * (1024 - len(head)))
         await response.write_eof()
         return response
 
+    async def html_says_png(request: web.Request) -> web.Response:
+        return web.Response(body=b"<html>" + b"x" * 100, headers={"Content-Type": "image/png"})
+
+    async def png_says_octets(request: web.Request) -> web.Response:
+        body = PNG_SIGNATURE + b"\0" * 100
+        return web.Response(body=body, headers={"Content-Type": "application/octet-stream"})
+
     app = web.Application()
     app.router.add_get("/chunked.png", chunked)
+    app.router.add_get("/html-says-png", html_says_png)
+    app.router.add_get("/png-says-octets", png_says_octets)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -465,6 +475,18 @@ async def test_streamed_download_over_the_cap_is_refused(
 
     assert len(ok.data) == 8192
     assert len(seen) == 2
+
+
+async def test_a_download_is_judged_by_its_bytes_not_the_cdn_content_type(
+    other_origin: tuple[str, list[web.Request]], session: aiohttp.ClientSession
+) -> None:
+    base, _ = other_origin
+    client = make_client(None, session, base_url=base)
+
+    with pytest.raises(DownloadRejected, match="not an image"):
+        await client.download(base + "/html-says-png")  # says image/png, is HTML
+    media = await client.download(base + "/png-says-octets")  # is a PNG, whatever it says
+    assert media.content_type == "image/png" and media.data.startswith(PNG_SIGNATURE)
 
 
 async def test_non_image_download_is_refused(fake: FakePixazo, client: PixazoClient) -> None:

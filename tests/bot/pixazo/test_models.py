@@ -7,11 +7,13 @@ import uuid
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from bot.pixazo import (
     InvalidRequest,
     PixazoClient,
     StatusResponse,
+    SubmitResponse,
     TextToImageRequest,
     build_request,
 )
@@ -64,7 +66,7 @@ INVALID: list[tuple[dict[str, Any], str]] = [
     ({"styles": styles(11)}, "styles"),
     ({"negative_prompt": "ugly"}, "negative_prompt"),
     ({"styles": [{"id": "s", "weight": 1.0}]}, "styles.0.weight"),
-    ({"seed": -1}, "seed"),
+    ({"seed": 2**53}, "seed"),  # past what a Discord integer option can carry
     ({"seed": "42"}, "seed"),
 ]
 
@@ -154,3 +156,35 @@ def test_status_response_parses_the_reference_example() -> None:
     assert status.completed_at is not None and status.completed_at.second == 15
     queued = StatusResponse.model_validate({"request_id": "r", "status": "QUEUED"})
     assert not queued.terminal
+
+
+# -- answers are read leniently ----------------------------------------------------------------
+
+
+def test_a_submit_answer_needs_only_its_request_id() -> None:
+    accepted = SubmitResponse.model_validate({"request_id": "r-1", "status": 7, "extra": True})
+    assert accepted.request_id == "r-1" and accepted.polling_url is None
+    with pytest.raises(ValidationError):
+        SubmitResponse.model_validate({"status": "QUEUED"})  # no id: it cannot be tracked
+
+
+def test_an_unknown_status_is_still_running_and_odd_fields_are_tolerated() -> None:
+    odd = StatusResponse.model_validate(
+        {"status": "warming_up", "output": "", "created_at": "not a time", "completed_at": 3}
+    )
+    assert odd.status == "WARMING_UP" and not odd.terminal
+    assert odd.output is None and odd.media_urls == []
+    assert odd.created_at is None and odd.completed_at is None
+
+
+def test_media_url_may_be_one_string() -> None:
+    done = StatusResponse.model_validate(
+        {
+            "request_id": "r-1",
+            "status": "COMPLETED",
+            "output": {"media_url": "https://cdn.example/out.png", "media_type": None},
+            "completed_at": "2026-03-31T10:00:15.000Z",
+        }
+    )
+    assert done.terminal and done.media_urls == ["https://cdn.example/out.png"]
+    assert done.completed_at is not None and done.completed_at.year == 2026

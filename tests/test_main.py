@@ -30,6 +30,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
 from bot.config import Settings
 from fake_pixazo import FakePixazo
@@ -37,7 +38,6 @@ from fake_pixazo.__main__ import build_parser as fake_pixazo_parser
 from tests.fake_discord import FakeDiscord
 from tests.support.bot_process import BotProcess
 from tests.support.world import World
-from tests.support.yaml_subset import load as load_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "pixazo-key-that-must-stay-secret"
@@ -455,7 +455,7 @@ async def test_the_image_healthcheck_passes_only_when_the_bot_is_healthy(world: 
 
 def compose() -> dict[str, Any]:
     """docker-compose.yml, parsed."""
-    parsed = load_yaml((REPO_ROOT / "docker-compose.yml").read_text())
+    parsed = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     assert isinstance(parsed, dict)
     return parsed
 

@@ -64,6 +64,7 @@ def clean_env(**settings: str) -> dict[str, str]:
     """The test's environment minus every setting the bot reads, plus ``settings``."""
     env = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["SECRETS_DIR"] = ""  # no secret files either (a host may have /run/secrets)
     env.update(settings)
     return env
 

@@ -179,6 +179,20 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+class ContextIds(logging.Filter):
+    """Stamp the context's ids (:func:`log_context`, :func:`bind`) onto each record.
+
+    Runs where the call is made, so the ids survive a handler that formats the record
+    elsewhere (a ``QueueHandler`` feeding another thread). An id given in ``extra`` stays.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in _context.get().items():
+            if getattr(record, name, None) is None:
+                setattr(record, name, value)
+        return True
+
+
 class PlainFormatter(logging.Formatter):
     """``time LEVEL logger: message [job_id=… guild_id=…]``, secrets redacted."""
 
@@ -248,6 +262,7 @@ def setup_logging(level: str, secrets: Iterable[str] = (), fmt: str = "plain") -
     secrets = list(secrets)
     handler = logging.StreamHandler()
     handler.setFormatter(make_formatter(fmt, secrets))
+    handler.addFilter(ContextIds())
     handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -24,7 +24,7 @@ PYTHON=${PYTHON:-python3}
 export PIP_CONFIG_FILE=/dev/null
 unset PIP_FIND_LINKS PIP_EXTRA_INDEX_URL PIP_INDEX_URL PIP_CONSTRAINT PIP_REQUIRE_VIRTUALENV
 
-tools_key=$(sha256sum requirements/tools.lock | cut -c1-16)
+tools_key=$("$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest()[:16])' requirements/tools.lock)
 tools=${KREABOT_TOOLS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/kreabot/tools-$tools_key}
 if [ ! -x "$tools/bin/uv" ]; then
   echo "== installing the pinned lock tools into $tools"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from bot.logs import (
+    ContextIds,
     JsonFormatter,
     RedactSecrets,
     bind,
@@ -277,3 +278,16 @@ class Holder:
 
     def __str__(self) -> str:
         return f"Holder({self.secret})"
+
+
+def test_context_ids_are_stamped_where_the_call_is_made() -> None:
+    """A handler formatting in another thread (QueueHandler) still sees the job's ids."""
+    entry = record("x")
+    with log_context(job_id=4, guild_id=5):
+        assert ContextIds().filter(entry) is True
+    assert (entry.job_id, entry.guild_id) == (4, 5)  # type: ignore[attr-defined]
+    assert json.loads(JsonFormatter().format(entry))["job_id"] == "4"
+    given = logging.makeLogRecord({"msg": "y", "job_id": 9})
+    with log_context(job_id=4):
+        ContextIds().filter(given)
+    assert given.job_id == 9  # type: ignore[attr-defined]

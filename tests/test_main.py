@@ -38,7 +38,7 @@ import aiohttp
 import pytest
 import yaml
 
-import bot.config
+from bot import config as bot_config
 from bot.config import Settings
 from fake_pixazo import FakePixazo
 from fake_pixazo.__main__ import build_parser as fake_pixazo_parser
@@ -720,17 +720,17 @@ def test_compose_gives_the_secrets_as_docker_secrets_the_bot_reads(
     assert sorted(services["kreabot"]["secrets"]) == sorted(secrets)
     assert services["kreabot-demo"]["secrets"] == ["DISCORD_TOKEN"]
     # The bot reads /run/secrets by itself; files laid out as compose mounts them work.
-    assert Path("/run/secrets") == bot.config.DEFAULT_SECRETS_DIR
+    assert Path("/run/secrets") == bot_config.DEFAULT_SECRETS_DIR
     for name in Settings.model_fields:
         monkeypatch.delenv(name, raising=False)
     run_secrets = tmp_path / "run-secrets"
     run_secrets.mkdir()
     for name in secrets:
         (run_secrets / name).write_text(f"{name.lower()}-value-from-a-file\n")
-    monkeypatch.setattr(bot.config, "DEFAULT_SECRETS_DIR", run_secrets)
+    monkeypatch.setattr(bot_config, "DEFAULT_SECRETS_DIR", run_secrets)
     monkeypatch.delenv("SECRETS_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
-    settings = bot.config.load_settings(env_file=None)
+    settings = bot_config.load_settings(env_file=None)
     assert settings.DISCORD_TOKEN.get_secret_value() == "discord_token-value-from-a-file"
     assert settings.WEBHOOK_SECRET is not None
 

@@ -1,20 +1,32 @@
 # syntax=docker/dockerfile:1
-# kreabot: `docker build -t kreabot .`, or `docker compose up -d` (see docker-compose.yml).
+# kreabot: `docker build -t kreabot .` (the production image: the last stage), or
+# `docker compose up -d` (see docker-compose.yml). `--target demo` adds the fake Pixazo
+# gateway for `docker compose --profile demo`; the default image never contains it.
 # No Docker engine runs where kreabot is developed: tests/test_main.py checks what this file
-# refers to and runs (the files it copies, `python -m bot`, the health check's code).
+# refers to and runs (the files it copies, the pinned base, the lock it installs, the
+# command, the health check's code).
+#
+# The base is pinned to a Python patch release and a Debian release (trixie, Debian 13, the
+# current stable): bump both tags together, deliberately.
 
-# Build stage: wheels of kreabot and of every dependency.
-FROM python:3.11-slim AS build
+# Build stage: wheels of every locked dependency (hash-checked) and of kreabot itself.
+FROM python:3.11.16-slim-trixie AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
+# The dependencies first, so that a code change reuses this layer.
+COPY requirements/runtime.lock requirements/build.lock ./requirements/
+RUN pip install --require-hashes --no-deps -r requirements/build.lock \
+    && pip download --require-hashes --no-deps --only-binary=:all: --dest /wheels \
+        -r requirements/runtime.lock
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY cogs ./cogs
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --no-deps --no-build-isolation --no-index --wheel-dir /dist .
 
-# Run stage: the wheels installed from a bind mount (so no layer keeps them), a non-root
-# user, the database on the /data volume, the HTTP server on for the health check.
-FROM python:3.11-slim
+# Runtime: the locked wheels installed from a bind mount (so no layer keeps them), checked
+# against the lock's hashes again, then kreabot; a non-root user, the database on the
+# /data volume, the HTTP server on (health check; webhooks when WEBHOOK_PUBLIC_URL is set).
+FROM python:3.11.16-slim-trixie AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -22,7 +34,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HTTP_HOST=0.0.0.0 \
     HTTP_PORT=8080
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir --no-index --find-links=/wheels kreabot \
+    --mount=type=bind,from=build,source=/dist,target=/dist \
+    --mount=type=bind,from=build,source=/src/requirements,target=/requirements \
+    pip install --no-cache-dir --no-index --find-links=/wheels --require-hashes --no-deps \
+        -r /requirements/runtime.lock \
+    && pip install --no-cache-dir --no-index --no-deps /dist/kreabot-*.whl \
+    && pip check \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /home/kreabot kreabot \
     && mkdir -p /data \
     && chown 10001:10001 /data
@@ -36,3 +53,18 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('HTTP_PORT', '8080') + '/healthz', timeout=4)"]
 CMD ["python", "-m", "bot", "run"]
+
+# Demo: the production image plus the fake Pixazo gateway (a test double, top-level
+# fake_pixazo/, not in the wheel), for `docker compose --profile demo` only.
+FROM runtime AS demo
+COPY fake_pixazo /opt/kreabot-demo/fake_pixazo
+ENV PYTHONPATH=/opt/kreabot-demo
+EXPOSE 8088
+HEALTHCHECK --interval=5s --timeout=3s --retries=5 \
+    CMD ["python", "-c", "import socket; socket.create_connection(('127.0.0.1', 8088), 2).close()"]
+CMD ["python", "-m", "fake_pixazo", "--host", "127.0.0.1", "--port", "8088", "--api-key", "demo-key"]
+
+# Production: the last stage, so `docker build .` builds exactly `runtime`; no test double.
+FROM runtime AS production
+LABEL org.opencontainers.image.title="kreabot" \
+      org.opencontainers.image.description="Krea 2 Large in Discord through the Pixazo gateway"

@@ -307,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             settings.PIXAZO_API_KEY.get_secret_value(),
             *([settings.WEBHOOK_SECRET.get_secret_value()] if settings.WEBHOOK_SECRET else []),
         ],
+        fmt=settings.LOG_FORMAT,
     )
     try:
         if args.command == "check":

@@ -20,6 +20,7 @@ from typing import Protocol, TypeVar
 
 from bot.admission import BALANCE, OUTAGE, UNAUTHORIZED, Admission, Breaker
 from bot.events import DeliveryRefused, Failure, JobObserver, Progress, Published, Stage
+from bot.logs import bind
 from bot.metrics import Metrics
 from bot.pixazo import (
     BadRequest,
@@ -247,6 +248,8 @@ class JobRunner:
     # -- the job's life ----------------------------------------------------------
 
     async def _guarded(self, job: Job) -> None:
+        # Every log line of this task names the job (the JSON log format has them as fields).
+        bind(job_id=job.id, guild_id=job.guild_id, request_id=job.request_id)
         try:
             await self._run(job)
         except asyncio.CancelledError:
@@ -391,6 +394,7 @@ class JobRunner:
             polling_url=accepted.polling_url,
             submitted_at=self._clock(),
         )
+        bind(request_id=accepted.request_id)
         log.info("job %s: submitted as %s (guild %s)", job.id, accepted.request_id, job.guild_id)
         await self._progress(job, Progress("submitted"))
         return True

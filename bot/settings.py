@@ -1,15 +1,27 @@
-"""kreabot's settings: one pydantic-settings object read from the environment and ``.env``."""
+"""kreabot's settings: one pydantic-settings object read from the environment, ``.env``
+and secret files (Docker secrets: one file per setting in ``/run/secrets``, or SECRETS_DIR).
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
+
+from bot.logs import LogFormat
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+#: Where Docker puts the secrets a service is given (``secrets:`` in docker-compose.yml).
+DEFAULT_SECRETS_DIR = Path("/run/secrets")
+#: The environment variable naming another folder of secret files ("" turns them off).
+SECRETS_DIR_VARIABLE = "SECRETS_DIR"
 
 #: How each setting can be fixed, shown when it is missing or malformed.
 HINTS: dict[str, str] = {
@@ -18,6 +30,7 @@ HINTS: dict[str, str] = {
     "PIXAZO_BASE_URL": "use an http(s) origin such as https://gateway.pixazo.ai",
     "DATABASE_PATH": "use a writable file path such as data/kreabot.sqlite3",
     "LOG_LEVEL": "use one of DEBUG, INFO, WARNING, ERROR",
+    "LOG_FORMAT": "use plain (one readable line per event) or json (one JSON object per line)",
     "HTTP_PORT": "use a TCP port number such as 8080",
     "WEBHOOK_PUBLIC_URL": "use the public https URL that reaches HTTP_PORT",
 }
@@ -36,6 +49,9 @@ class Settings(BaseSettings):
         extra="ignore",
         case_sensitive=True,
         hide_input_in_errors=True,
+        # `DISCORD_TOKEN=` left empty in .env (as in .env.example) means "not set here", so
+        # a value from a secret file is not masked by an empty line.
+        env_ignore_empty=True,
     )
 
     DISCORD_TOKEN: SecretStr
@@ -43,6 +59,9 @@ class Settings(BaseSettings):
     PIXAZO_BASE_URL: str = "https://gateway.pixazo.ai"
     DATABASE_PATH: Path = Path("data/kreabot.sqlite3")
     LOG_LEVEL: LogLevel = "INFO"
+    #: ``plain``: one readable line per event; ``json``: one JSON object per line (ts, level,
+    #: logger, message, job_id, guild_id, request_id, interaction_id, exc).
+    LOG_FORMAT: LogFormat = "plain"
 
     #: Register the slash commands in this guild only (instant; for testing).
     DEV_GUILD_ID: int | None = None
@@ -143,6 +162,17 @@ class Settings(BaseSettings):
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("LOG_FORMAT", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("WEBHOOK_SECRET", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # An empty secret file (compose needs the file even when .env holds the value).
+        return None if isinstance(value, str) and not value.strip() else value
+
 
 def _describe(error: dict[str, object]) -> str:
     loc = error.get("loc") or ()
@@ -160,10 +190,47 @@ def _describe(error: dict[str, object]) -> str:
     return f"{name} {problem}: {hint}" if hint else f"{name} {problem}"
 
 
+def secrets_dir(environ: Mapping[str, str] | None = None) -> Path | None:
+    """The folder of secret files: ``SECRETS_DIR`` if set, else ``/run/secrets`` if present.
+
+    Each file is named after a setting (``DISCORD_TOKEN``, ``PIXAZO_API_KEY``,
+    ``WEBHOOK_SECRET``, or any other) and holds its value; surrounding whitespace, such as
+    a final newline, is ignored. The environment and ``.env`` take precedence over files.
+    ``SECRETS_DIR=`` (empty) reads no files.
+    """
+    environ = os.environ if environ is None else environ
+    configured = environ.get(SECRETS_DIR_VARIABLE)
+    if configured is not None:
+        if not configured.strip():
+            return None
+        path = Path(configured).expanduser()
+        if not path.is_dir():
+            raise SettingsError(
+                f"{SECRETS_DIR_VARIABLE} is not a directory ({path}): "
+                "name the folder holding one file per secret, or unset it"
+            )
+        return path
+    return DEFAULT_SECRETS_DIR if DEFAULT_SECRETS_DIR.is_dir() else None
+
+
 def load_settings(env_file: str | Path | None = ".env") -> Settings:
-    """Read the settings, or raise :class:`SettingsError` with one clear line."""
+    """Read the settings, or raise :class:`SettingsError` with one clear line.
+
+    Sources, first wins: the environment, ``env_file``, the files in :func:`secrets_dir`,
+    the defaults.
+    """
+    folder = secrets_dir()
     try:
-        return Settings(_env_file=env_file)
+        return Settings(_env_file=env_file, _secrets_dir=folder)
+    except (OSError, SourceError) as exc:  # e.g. a secret file that cannot be read
+        cause = exc if isinstance(exc, OSError) else exc.__cause__
+        if isinstance(cause, OSError):
+            where = cause.filename or folder
+            raise SettingsError(
+                f"cannot read the secret file {where}: {cause.strerror or cause}; "
+                "make it readable by the bot's user (uid 10001 in the Docker image)"
+            ) from None
+        raise SettingsError(" ".join(str(exc).split())) from None
     except ValidationError as exc:
         errors = exc.errors(include_input=False, include_url=False)
         first = _describe(dict(errors[0]))

@@ -6,9 +6,12 @@ test and then hands the arguments to ``bot.__main__.main``. Every process runs i
 working directory without ``.env`` and with no setting inherited from the developer.
 
 No Docker engine runs here, so the image is checked by construction: the files its
-Dockerfile copies exist and reach the build context, the settings it bakes in are valid,
-its command starts, its health check's code runs against the real HTTP server, and the
-compose file's demo command is accepted by the fake gateway's real command line.
+Dockerfile copies exist and reach the build context, its base is pinned, it installs the
+hash-checked runtime lock and nothing else, the settings it bakes in are valid, its command
+starts, its health check's code runs against the real HTTP server, the fake gateway is only
+in the ``demo`` target, and the compose file's demo command is accepted by the fake
+gateway's real command line. The wheel is built for real and must hold ``bot`` and ``cogs``
+only; the compose file is parsed with PyYAML and checked for its hardening and secrets.
 """
 
 from __future__ import annotations
@@ -21,23 +24,27 @@ import json
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
+import zipfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 
+from bot import settings as bot_config
 from bot.settings import Settings
 from fake_pixazo import FakePixazo
 from fake_pixazo.__main__ import build_parser as fake_pixazo_parser
 from tests.fake_discord import FakeDiscord
 from tests.support.bot_process import BotProcess
 from tests.support.world import World
-from tests.support.yaml_subset import load as load_yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "pixazo-key-that-must-stay-secret"
@@ -58,6 +65,7 @@ def clean_env(**settings: str) -> dict[str, str]:
     """The test's environment minus every setting the bot reads, plus ``settings``."""
     env = {k: v for k, v in os.environ.items() if k not in Settings.model_fields}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env["SECRETS_DIR"] = ""  # no secret files either (a host may have /run/secrets)
     env.update(settings)
     return env
 
@@ -314,11 +322,57 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
+@dataclass
+class Stage:
+    """One ``FROM`` of the Dockerfile: its name, what it is built from, its instructions."""
+
+    name: str | None
+    base: str
+    instructions: list[tuple[str, str]]
+
+
+def stages() -> list[Stage]:
+    """The Dockerfile's stages, in order."""
+    found: list[Stage] = []
+    for keyword, rest in dockerfile_instructions():
+        if keyword == "FROM":
+            words = [word for word in rest.split() if not word.startswith("--")]
+            named = len(words) == 3 and words[1].upper() == "AS"
+            found.append(Stage(words[2] if named else None, words[0], []))
+        else:
+            assert found, f"{keyword} before the first FROM"
+            found[-1].instructions.append((keyword, rest))
+    return found
+
+
+def stage(name: str) -> Stage:
+    (found,) = [s for s in stages() if s.name == name]
+    return found
+
+
+def lineage(last: Stage) -> list[Stage]:
+    """``last`` and the stages it is built FROM, the first first."""
+    by_name = {s.name: s for s in stages() if s.name}
+    chain = [last]
+    while chain[0].base in by_name:
+        chain.insert(0, by_name[chain[0].base])
+    return chain
+
+
 def final_stage() -> list[tuple[str, str]]:
-    """The instructions of the image's last stage."""
-    instructions = dockerfile_instructions()
-    starts = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"]
-    return instructions[starts[-1] :]
+    """The instructions of the production image: the last stage (what ``docker build .``
+    builds) and the stages it is built FROM, in the order they apply."""
+    return [instruction for s in lineage(stages()[-1]) for instruction in s.instructions]
+
+
+def shell_commands(instructions: list[tuple[str, str]]) -> list[str]:
+    """Every command the RUN instructions run (``a && b``: two), without mount options."""
+    commands = []
+    for keyword, rest in instructions:
+        if keyword == "RUN":
+            rest = re.sub(r"--mount=\S+\s*", "", rest)
+            commands += [part.strip() for part in rest.split("&&")]
+    return commands
 
 
 def image_env() -> dict[str, str]:
@@ -366,8 +420,8 @@ def dockerignored(path: str) -> bool:
 
 def test_dockerfile_is_multi_stage_non_root_with_a_data_volume() -> None:
     instructions = dockerfile_instructions()
-    stages = [rest for keyword, rest in instructions if keyword == "FROM"]
-    assert len(stages) >= 2 and " AS " in stages[0].upper()
+    froms = [rest for keyword, rest in instructions if keyword == "FROM"]
+    assert len(froms) >= 2 and " AS " in froms[0].upper()
     final = final_stage()
     keywords = [keyword for keyword, _ in final]
     assert "COPY" not in keywords, "the final stage installs from a bind mount, copying nothing"
@@ -456,16 +510,27 @@ async def test_the_image_healthcheck_passes_only_when_the_bot_is_healthy(world: 
 
 def compose() -> dict[str, Any]:
     """docker-compose.yml, parsed."""
-    parsed = load_yaml((REPO_ROOT / "docker-compose.yml").read_text())
+    parsed = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     assert isinstance(parsed, dict)
     return parsed
+
+
+def env_files(service: dict[str, Any]) -> list[tuple[str, bool]]:
+    """(path, required) of a service's ``env_file`` (short or long syntax)."""
+    value = service["env_file"]
+    entries = value if isinstance(value, list) else [value]
+    return [
+        (entry, True) if isinstance(entry, str) else (entry["path"], entry.get("required", True))
+        for entry in entries
+    ]
 
 
 def test_compose_runs_the_bot_with_env_file_and_a_data_volume() -> None:
     services = compose()["services"]
     bot = services["kreabot"]
-    assert bot["build"] == "."
-    assert bot["env_file"] == ".env"
+    assert bot["build"] == ".", "the default target: the production image (the last stage)"
+    # .env is read when present; the settings may also all come from secrets/.
+    assert env_files(bot) == [(".env", False)]
     assert "profiles" not in bot, "`docker compose up` starts the bot"
     (volume,) = bot["volumes"]
     name, _, target = volume.partition(":")
@@ -488,7 +553,7 @@ async def test_compose_demo_profile_runs_the_real_fake_gateway_cli() -> None:
     assert demo["environment"]["PIXAZO_BASE_URL"] == f"http://{args.host}:{args.port}"
     assert demo["network_mode"] == "service:fake-pixazo"
     assert demo["depends_on"]["fake-pixazo"]["condition"] == "service_healthy"
-    assert demo["env_file"] == ".env"
+    assert env_files(demo) == env_files(services["kreabot"])
     assert (
         demo["volumes"][0].endswith(":/data") and demo["volumes"] != services["kreabot"]["volumes"]
     )
@@ -522,3 +587,160 @@ async def test_compose_demo_profile_runs_the_real_fake_gateway_cli() -> None:
     finally:
         process.terminate()
         await asyncio.wait_for(process.wait(), 10.0)
+
+
+# -- pinned base, the lock, the demo target, the wheel -----------------------------------------
+
+#: The base image: a Python patch release on a named Debian release, never a moving tag.
+PINNED_BASE = re.compile(r"python:(3)\.(\d+)\.(\d+)-slim-(bookworm|trixie|forky)")
+
+
+def test_the_base_image_is_pinned_to_a_python_patch_and_a_debian_release() -> None:
+    names = {s.name for s in stages() if s.name}
+    external = {s.base for s in stages() if s.base not in names}
+    assert len(external) == 1, f"one base for every stage, not {sorted(external)}"
+    (base,) = external
+    found = PINNED_BASE.fullmatch(base)
+    assert found, f"{base} is not pinned to python:3.X.Y-slim-<debian release>"
+    # The Python the image runs is one CI tests and the package declares.
+    minor = f"{found[1]}.{found[2]}"
+    assert (
+        f"Programming Language :: Python :: {minor}" in (REPO_ROOT / "pyproject.toml").read_text()
+    )
+
+
+def test_the_image_installs_only_the_hash_checked_runtime_lock() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    assert "test.lock" not in dockerfile, "no test tool in any stage"
+    build = shell_commands(stage("build").instructions)
+    (fetch,) = [c for c in build if "runtime.lock" in c]
+    assert "--require-hashes" in fetch and "--only-binary=:all:" in fetch
+    (backend,) = [c for c in build if "build.lock" in c]
+    assert "--require-hashes" in backend
+    (wheel,) = [c for c in build if c.startswith("pip wheel")]
+    assert "--no-build-isolation" in wheel and "--no-index" in wheel, "the backend is locked"
+    # The production image installs from the build stage's files only, hash-checked again.
+    installs = [c for c in shell_commands(final_stage()) if c.startswith("pip install")]
+    assert installs and all("--no-index" in c and "--no-deps" in c for c in installs)
+    (locked,) = [c for c in installs if "runtime.lock" in c]
+    assert "--require-hashes" in locked
+    (project,) = [c for c in installs if "kreabot-" in c and ".whl" in c]
+    assert "--no-deps" in project
+
+
+def test_the_demo_target_adds_the_fake_gateway_and_the_default_image_does_not() -> None:
+    demo, last = stage("demo"), stages()[-1]
+    assert last.name != "demo", "`docker build .` builds the last stage: the production image"
+    # Both are the same runtime; the demo only adds the test double.
+    assert [s.name for s in lineage(demo)][:-1] == [s.name for s in lineage(last)][:-1]
+    copies = [rest for keyword, rest in demo.instructions if keyword == "COPY"]
+    assert any(rest.split()[0] == "fake_pixazo" for rest in copies)
+    assert "fake_pixazo" not in json.dumps(final_stage())
+    assert not any(keyword == "COPY" for s in lineage(last) for keyword, _ in s.instructions)
+    # Compose builds the fake gateway from the demo target, the bots from the default.
+    services = compose()["services"]
+    fake = services["fake-pixazo"]
+    assert fake["build"] == {"context": ".", "target": "demo"}
+    assert fake["image"] != services["kreabot"]["image"]
+    assert services["kreabot-demo"]["build"] == "." and services["kreabot"]["build"] == "."
+    # The demo image's own command is the one compose runs.
+    (cmd,) = [rest for keyword, rest in demo.instructions if keyword == "CMD"]
+    assert exec_form(cmd) == fake["command"]
+
+
+def test_the_wheel_carries_bot_and_cogs_and_no_test_double(tmp_path: Path) -> None:
+    """Build the wheel as the Dockerfile does (no build isolation: the locked setuptools)."""
+    source = tmp_path / "source"
+    # The project's files and, to show they stay out, the test double and the tests; never
+    # .env, secrets/ or data/, which must not be copied around.
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    for name in ("bot", "cogs", "fake_pixazo", "tests", "bench"):
+        shutil.copytree(REPO_ROOT / name, source / name, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO_ROOT / name, source / name)
+    assert (source / "fake_pixazo").is_dir() and (source / "tests").is_dir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env["PIP_CONFIG_FILE"] = os.devnull
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    command += ["--no-index", "--wheel-dir", str(tmp_path / "dist"), str(source)]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = (tmp_path / "dist").glob("kreabot-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        meta = archive.read(metadata).decode()
+    tops = {name.split("/")[0] for name in names}
+    assert tops == {"bot", "cogs", metadata.split("/")[0]}, sorted(tops)
+    assert "bot/__main__.py" in names and "cogs/imagine.py" in names
+    assert any(n.startswith("bot/storage/migrations/") and n.endswith(".sql") for n in names)
+    assert not [n for n in names if n.startswith(("fake_pixazo/", "tests/", "bench/"))]
+    assert not [n for n in names if "fake_pixazo" in n or "/tests/" in n]
+    # What the wheel asks for is what pyproject.toml says (the security floors included).
+    assert "Requires-Python: >=3.11" in meta
+    assert re.search(r"^Requires-Dist: aiohttp<4,>=3\.14\.3$", meta, re.MULTILINE)
+    assert re.search(r"^Requires-Dist: [Pp]illow>=13\.0$", meta, re.MULTILINE)
+
+
+# -- compose: hardening, secrets, the webhook port ----------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["kreabot", "fake-pixazo", "kreabot-demo"])
+def test_compose_services_are_hardened_and_their_logs_rotated(name: str) -> None:
+    service = compose()["services"][name]
+    assert service["read_only"] is True, "a read-only root: the database is on its volume"
+    assert "/tmp" in [entry.split(":")[0] for entry in service["tmpfs"]]
+    assert service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    logging_ = service["logging"]
+    assert logging_["driver"] == "json-file"
+    assert re.fullmatch(r"\d+[kmg]", logging_["options"]["max-size"])
+    assert int(logging_["options"]["max-file"]) >= 2
+
+
+def test_compose_gives_the_secrets_as_docker_secrets_the_bot_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed = compose()
+    secrets = parsed["secrets"]
+    assert set(secrets) == {"DISCORD_TOKEN", "PIXAZO_API_KEY", "WEBHOOK_SECRET"}
+    for name, spec in secrets.items():
+        assert name in Settings.model_fields  # mounted at /run/secrets/<NAME>: the setting
+        assert spec == {"file": f"./secrets/{name}"}
+        assert dockerignored(f"secrets/{name}"), "a secret file would reach the build context"
+    ignore = (REPO_ROOT / "secrets" / ".gitignore").read_text().splitlines()
+    assert "*" in ignore and "!.gitignore" in ignore, "secrets/ must never be committed"
+    services = parsed["services"]
+    assert sorted(services["kreabot"]["secrets"]) == sorted(secrets)
+    assert services["kreabot-demo"]["secrets"] == ["DISCORD_TOKEN"]
+    # The bot reads /run/secrets by itself; files laid out as compose mounts them work.
+    assert Path("/run/secrets") == bot_config.DEFAULT_SECRETS_DIR
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    run_secrets = tmp_path / "run-secrets"
+    run_secrets.mkdir()
+    for name in secrets:
+        (run_secrets / name).write_text(f"{name.lower()}-value-from-a-file\n")
+    monkeypatch.setattr(bot_config, "DEFAULT_SECRETS_DIR", run_secrets)
+    monkeypatch.delenv("SECRETS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    settings = bot_config.load_settings(env_file=None)
+    assert settings.DISCORD_TOKEN.get_secret_value() == "discord_token-value-from-a-file"
+    assert settings.WEBHOOK_SECRET is not None
+
+
+def test_compose_documents_the_webhook_port() -> None:
+    port = image_env()["HTTP_PORT"]
+    text = (REPO_ROOT / "docker-compose.yml").read_text()
+    bot = compose()["services"]["kreabot"]
+    assert "ports" not in bot, "polling needs no published port; nothing is exposed by default"
+    assert f'#   - "127.0.0.1:{port}:{port}"' in text, "the webhook port, commented, on loopback"
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert f"127.0.0.1:{port}:{port}" in readme and "WEBHOOK_PUBLIC_URL" in readme

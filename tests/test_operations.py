@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from pathlib import Path
 
@@ -192,6 +193,23 @@ async def test_sigterm_during_a_submit_waits_for_its_request_id(stage: Stage) ->
     assert images_posted(stage.discord) == [result]
     assert len(stage.pixazo.submits()) == 1 and len(stage.pixazo.jobs) == 1
     assert not any("not re-sent" in m.content for m in bot_messages(stage.discord))
+
+
+async def test_json_logs_name_the_job_server_and_request_of_each_line(stage: Stage) -> None:
+    process = await stage.start_bot(LOG_FORMAT="json")
+    handle = await stage.imagine(prompt=PROMPT, seed=5)
+    await handle.wait_for_original(lambda m: bool(m.attachments), timeout=10.0)
+    row = await stage.row_in("completed")
+    assert await stage.stop(process) == 0
+
+    lines = [json.loads(line) for line in process.log().splitlines() if line.strip()]
+    assert all({"ts", "level", "logger", "message"} <= set(entry) for entry in lines)
+    submitted = next(entry for entry in lines if "submitted as" in entry["message"])
+    assert submitted["job_id"] == str(row["id"])
+    assert submitted["guild_id"] == str(stage.guild.id)
+    assert submitted["request_id"] == row["request_id"]
+    assert submitted["ts"].endswith("Z")
+    assert not any(stage.pixazo.api_key in line for line in process.log().splitlines())
 
 
 async def test_sigterm_when_idle_exits_at_once(stage: Stage) -> None:

@@ -1,4 +1,5 @@
-"""Settings: one-line errors naming the setting, secrets never printed, .env read."""
+"""Settings: one-line errors naming the setting, secrets never printed, .env and secret
+files read."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.settings import Settings, SettingsError, load_settings
+import bot.settings
+from bot.settings import Settings, SettingsError, load_settings, secrets_dir
 
 TOKEN = "MTAxNDk.discord-token-value.Zx9"
 API_KEY = "pixazo-key-5a7c1e"
@@ -18,6 +20,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No setting comes from the developer's environment or a stray ``.env``."""
     for name in FIELDS:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SECRETS_DIR", "")  # no secret files unless a test gives some
     monkeypatch.chdir(tmp_path)
 
 
@@ -130,3 +133,128 @@ def test_env_file_ignored_when_none(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text(f"DISCORD_TOKEN={TOKEN}\nPIXAZO_API_KEY={API_KEY}\n")
     with pytest.raises(SettingsError, match="DISCORD_TOKEN"):
         load_settings(env_file=None)
+
+
+def test_log_format_defaults_to_plain_and_accepts_json(monkeypatch: pytest.MonkeyPatch) -> None:
+    set_required(monkeypatch)
+    assert load_settings(env_file=None).LOG_FORMAT == "plain"
+    monkeypatch.setenv("LOG_FORMAT", "JSON")
+    assert load_settings(env_file=None).LOG_FORMAT == "json"
+    monkeypatch.setenv("LOG_FORMAT", "xml")
+    with pytest.raises(SettingsError, match=r"^LOG_FORMAT is invalid.*plain.*json"):
+        load_settings(env_file=None)
+
+
+# -- secret files (Docker secrets) -------------------------------------------------------------
+
+
+def secret_files(folder: Path, **values: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    for name, value in values.items():
+        (folder / name).write_text(value, encoding="utf-8")
+    return folder
+
+
+def test_secrets_are_read_from_files_in_secrets_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = secret_files(
+        tmp_path / "secrets",
+        DISCORD_TOKEN=TOKEN + "\n",  # `echo token > file` leaves a newline: ignored
+        PIXAZO_API_KEY=API_KEY,
+        WEBHOOK_SECRET="0123456789abcdef-webhook",
+    )
+    monkeypatch.setenv("SECRETS_DIR", str(folder))
+    settings = load_settings(env_file=None)
+    assert settings.DISCORD_TOKEN.get_secret_value() == TOKEN
+    assert settings.PIXAZO_API_KEY.get_secret_value() == API_KEY
+    assert settings.WEBHOOK_SECRET is not None
+    assert settings.WEBHOOK_SECRET.get_secret_value() == "0123456789abcdef-webhook"
+
+
+def test_environment_and_env_file_win_over_secret_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = secret_files(tmp_path / "secrets", DISCORD_TOKEN="from-file", PIXAZO_API_KEY="file")
+    monkeypatch.setenv("SECRETS_DIR", str(folder))
+    (tmp_path / ".env").write_text(f"PIXAZO_API_KEY={API_KEY}\n", encoding="utf-8")
+    monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+    settings = load_settings()
+    assert settings.DISCORD_TOKEN.get_secret_value() == TOKEN
+    assert settings.PIXAZO_API_KEY.get_secret_value() == API_KEY
+
+
+def test_an_empty_line_in_env_file_does_not_mask_a_secret_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """.env copied from .env.example keeps `DISCORD_TOKEN=`; the file must still count."""
+    folder = secret_files(tmp_path / "secrets", DISCORD_TOKEN=TOKEN, PIXAZO_API_KEY=API_KEY)
+    monkeypatch.setenv("SECRETS_DIR", str(folder))
+    (tmp_path / ".env").write_text("DISCORD_TOKEN=\nPIXAZO_API_KEY=\n", encoding="utf-8")
+    settings = load_settings()
+    assert settings.DISCORD_TOKEN.get_secret_value() == TOKEN
+    assert settings.PIXAZO_API_KEY.get_secret_value() == API_KEY
+
+
+def test_empty_secret_files_stand_for_values_kept_in_env_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = secret_files(tmp_path / "secrets", DISCORD_TOKEN="", WEBHOOK_SECRET="")
+    monkeypatch.setenv("SECRETS_DIR", str(folder))
+    (tmp_path / ".env").write_text(
+        f"DISCORD_TOKEN={TOKEN}\nPIXAZO_API_KEY={API_KEY}\n", encoding="utf-8"
+    )
+    settings = load_settings()
+    assert settings.DISCORD_TOKEN.get_secret_value() == TOKEN
+    assert settings.WEBHOOK_SECRET is None
+
+
+def test_a_missing_secret_is_named_without_showing_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = secret_files(tmp_path / "secrets", DISCORD_TOKEN=TOKEN)
+    monkeypatch.setenv("SECRETS_DIR", str(folder))
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env_file=None)
+    assert str(caught.value).startswith("PIXAZO_API_KEY is not set")
+    assert TOKEN not in str(caught.value)
+
+
+def test_secrets_dir_that_is_not_a_folder_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECRETS_DIR", str(tmp_path / "nowhere"))
+    with pytest.raises(SettingsError, match=r"^SECRETS_DIR is not a directory"):
+        load_settings(env_file=None)
+
+
+def test_run_secrets_is_used_when_it_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SECRETS_DIR")
+    monkeypatch.setattr(bot.settings, "DEFAULT_SECRETS_DIR", tmp_path / "run-secrets")
+    assert secrets_dir() is None  # absent: no secret files, no warning
+    folder = secret_files(tmp_path / "run-secrets", DISCORD_TOKEN=TOKEN, PIXAZO_API_KEY=API_KEY)
+    assert secrets_dir() == folder
+    assert load_settings(env_file=None).PIXAZO_API_KEY.get_secret_value() == API_KEY
+    assert secrets_dir({"SECRETS_DIR": ""}) is None  # turned off
+
+
+def test_an_unreadable_secret_file_is_one_clear_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = secret_files(tmp_path / "secrets", DISCORD_TOKEN=TOKEN, PIXAZO_API_KEY=API_KEY)
+    monkeypatch.setenv("SECRETS_DIR", str(folder))
+    original = Path.read_text
+
+    def read_text(self: Path, *args: object, **kwargs: object) -> str:
+        if self.parent == folder:  # as for a file owned by another user, mode 0600
+            raise PermissionError(13, "Permission denied", str(self))
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env_file=None)
+    message = str(caught.value)
+    assert message.startswith(f"cannot read the secret file {folder}")
+    assert "Permission denied" in message and "\n" not in message

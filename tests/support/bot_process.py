@@ -64,6 +64,7 @@ def main() -> int:
             settings.DISCORD_TOKEN.get_secret_value(),
             settings.PIXAZO_API_KEY.get_secret_value(),
         ],
+        fmt=settings.LOG_FORMAT,
     )
     asyncio.run(run(settings))
     return 0

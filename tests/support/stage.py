@@ -39,8 +39,9 @@ class Stage:
         """The database every bot process uses."""
         return self.tmp_path / "kreabot.sqlite3"
 
-    async def start_bot(self) -> BotProcess:
-        """``python -m bot run`` in a process; returns once it is connected."""
+    async def start_bot(self, **settings: str) -> BotProcess:
+        """``python -m bot run`` in a process (with extra ``settings``); returns once it is
+        connected."""
         connected = sum(1 for c in self.discord.connections if c.ready)
         number = len(self.processes) + 1
         process = await BotProcess.start(
@@ -50,6 +51,7 @@ class Stage:
             self.tmp_path / f"bot-{number}.log",
             args=["run"],
             cwd=self.tmp_path,
+            **settings,
         )
         self.processes.append(process)
         try:

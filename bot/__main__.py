@@ -39,7 +39,7 @@ from bot.runner import JobRunner
 from bot.services import Services
 from bot.settings import HINTS, Settings, SettingsError, load_settings
 from bot.storage.config import ConfigStore
-from bot.storage.db import Database, open_database
+from bot.storage.db import Database, StorageError, open_database
 from bot.storage.jobs import JobRepository
 from bot.web import WebServer
 from bot.webhooks import webhook_url
@@ -322,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
             "kreabot: Discord refused DISCORD_TOKEN: reset it in the developer portal",
             file=sys.stderr,
         )
+        return 2
+    except StorageError as exc:
+        print(f"kreabot: {exc}: {DATABASE_HINT}", file=sys.stderr)
         return 2
     except discord.PrivilegedIntentsRequired:
         print("kreabot: Discord refused the gateway intents for this bot", file=sys.stderr)

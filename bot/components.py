@@ -262,6 +262,15 @@ def retry_view(job: Job) -> discord.ui.View:
     return view
 
 
+def retired_view(job: Job) -> discord.ui.View:
+    """The Retry button once used: disabled, so nobody presses it again."""
+    view = discord.ui.View(timeout=None)
+    button = RetryButton(job.id, label="Retried")
+    button.item.disabled = True
+    view.add_item(button)
+    return view
+
+
 def batch_view(jobs: list[Job], present: list[bool]) -> discord.ui.View:
     """Under a batch grid: open each image full size, vary each one, delete the batch."""
     view = discord.ui.View(timeout=None)

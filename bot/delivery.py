@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 import discord
 
-from bot.components import batch_view, result_view, retry_view
+from bot.components import batch_view, result_view, retired_view, retry_view
 from bot.errors import UserError
 from bot.events import DeliveryRefused, Failure, Progress, Published
 from bot.imaging import ImageIncomplete, ImageRejected, ImageWorker
@@ -409,6 +409,9 @@ class DiscordDelivery:
                 view=view,
                 reference=reference or discord.utils.MISSING,
                 allowed_mentions=NO_MENTIONS,
+                # The job's own marker: sent again after a crash (within Discord's few
+                # minutes), the same result comes back instead of a second post.
+                nonce=f"krea-{job.id}",
             )
         except discord.HTTPException as exc:
             _refused(exc)
@@ -416,31 +419,18 @@ class DiscordDelivery:
         return message.id
 
     async def _find_earlier_reply(self, job: Job) -> int | None:
-        """A result reply already posted for this job (a restart during delivery)."""
-        if job.message_id is None or self.client.user is None:
+        """The job's own message when it already holds the result, found by the result's
+        own marker (its file names, ``krea-<job>-…``): a restart during delivery. A reply
+        posted with the bot's token is found again by its nonce (see :meth:`_post`)."""
+        if job.message_id is None:
             return None
         try:
             channel = await self.channel_for(job)
-            try:
-                own = await channel.fetch_message(job.message_id)
-            except discord.NotFound:
-                own = None
-            if own is not None and any(
-                a.filename.startswith(f"krea-{job.id}-") for a in own.attachments
-            ):
-                return own.id  # the result already replaced the job's own message
-            history = channel.history(after=discord.Object(job.message_id), limit=50)
-            async for message in history:
-                ref = message.reference
-                if (
-                    message.author.id == self.client.user.id
-                    and ref is not None
-                    and ref.message_id == job.message_id
-                    and message.attachments
-                ):
-                    return message.id
+            own = await channel.fetch_message(job.message_id)
         except discord.HTTPException:
             return None
+        if any(a.filename.startswith(f"krea-{job.id}-") for a in own.attachments):
+            return own.id  # the result already replaced the job's own message
         return None
 
     async def _parent_url(self, job: Job) -> str | None:
@@ -534,6 +524,13 @@ class DiscordDelivery:
         )
         await self.repo.update(job, result_message_id=message.id)
         return True
+
+    async def retired(self, job: Job) -> None:
+        """Show the failed job's Retry button as used (disabled)."""
+        try:
+            await self.edit_job_message(job, view=retired_view(job))
+        except discord.HTTPException as exc:
+            log.info("job %s: could not disable its Retry button: %s", job.id, exc)
 
     async def delete_result(self, job: Job, message_id: int | None) -> bool:
         """Delete a result message of ``job``; False when the bot may not delete it."""

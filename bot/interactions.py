@@ -18,10 +18,13 @@ from discord import app_commands
 from bot.errors import UserError
 from bot.job_service import Origin
 from bot.pixazo import InvalidRequest
+from bot.storage.db import StorageError
 
 log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
+#: How a storage problem is named to members.
+STORAGE_WORDS = {"full": "full", "locked": "busy", "unreadable": "unreadable"}
 
 
 def origin_of(interaction: discord.Interaction[Any]) -> Origin:
@@ -79,6 +82,14 @@ def describe_error(interaction: discord.Interaction[Any], error: BaseException) 
         return error.render()
     if isinstance(error, InvalidRequest):  # refused locally by the Pixazo models
         return UserError(error.message).render()
+    failure = original if isinstance(original, StorageError) else error
+    if isinstance(failure, StorageError):
+        log.error("interaction %s: storage problem: %s", interaction.id, failure)
+        state = STORAGE_WORDS.get(failure.kind, "failing")
+        return UserError(
+            f"kreabot cannot save your request right now (its database is {state})",
+            outcome="Nothing was sent. Try again in a few minutes; if it lasts, tell an admin.",
+        ).render()
     if isinstance(error, app_commands.TransformerError | app_commands.CheckFailure):
         return str(error)
     reference = f"{interaction.id:x}"[-8:]

@@ -23,13 +23,17 @@ from bot.pixazo.models import RANDOM_SEED_MAX, SEED_MAX
 from bot.resolution import OPTION, Inputs, resolve
 from bot.runner import JobRunner
 from bot.storage.config import ConfigStore
-from bot.storage.jobs import Job, JobRepository, JobState, NewJob, Reference
+from bot.storage.jobs import AlreadyRetried, Job, JobRepository, JobState, NewJob, Reference
 
 log = logging.getLogger(__name__)
 
 #: Interaction tokens live 15 minutes; stop using them a little earlier.
 TOKEN_LIFETIME = 15 * 60 - 30
 UNAVAILABLE = "This result is no longer available."
+ALREADY_RETRIED = "This job was already retried."
+#: Failures of a job the gateway took that happened on our side (or were never seen
+#: through): Retry polls the same request again instead of paying for a new one.
+REPOLLABLE = ("timeout", "delivery", "download", "gateway_down", "internal", "storage")
 Variant = Literal["regenerate", "vary_subtle", "vary_strong", "remix", "reframe", "retry"]
 
 
@@ -109,16 +113,20 @@ class JobService:
 
     # -- finding jobs --------------------------------------------------------------
 
-    async def load(self, job_id: int, guild_id: int | None) -> Job:
-        """A job asked about from ``guild_id``; refused when it is not one of its jobs."""
+    async def load(self, job_id: int, origin: Origin) -> Job:
+        """The job a press names, when it is one of this server's and this channel's jobs.
+
+        A custom_id is a claim, not a proof (any client can send any custom_id): a job of
+        another server or channel, or asked for from a DM, is "no longer available" here.
+        """
         job = await self._jobs.get(job_id)
-        if job is None or (guild_id is not None and job.guild_id != guild_id):
+        if job is None or job.guild_id != origin.guild_id or job.channel_id != origin.channel_id:
             raise UserError(UNAVAILABLE, plain=True)
         return job
 
     async def pressable(self, job_id: int, origin: Origin) -> Job:
         """A result the member may make new images from (the server's button rule)."""
-        job = await self.load(job_id, origin.guild_id)
+        job = await self.load(job_id, origin)
         if not await self.may_press(job, origin.user_id, origin.channel_id):
             raise UserError(REQUESTER_ONLY, plain=True)
         return job
@@ -210,18 +218,41 @@ class JobService:
             batch.append(
                 self._new_job(origin, params, sources, references, parent=parent, variant=variant)
             )
-        jobs = await self._jobs.create_many(
-            batch, admit=decision.admit, since=decision.since, grouped=False
-        )
+        try:
+            jobs = await self._jobs.create_many(
+                batch,
+                admit=decision.admit,
+                since=decision.since,
+                grouped=False,
+                retry_of=parent.id if variant == "retry" else None,
+            )
+        except AlreadyRetried:
+            raise UserError(ALREADY_RETRIED, plain=True) from None
         await self._announce_and_start([[job] for job in jobs], announce)
         return jobs
 
     async def retryable(self, job_id: int, origin: Origin) -> Job:
-        """A failed or interrupted job the member may send again (as a new job)."""
+        """A failed or interrupted job the member may retry (once)."""
         job = await self.pressable(job_id, origin)
+        if job.retried_by is not None:
+            raise UserError(ALREADY_RETRIED, plain=True)
         if job.state not in (JobState.FAILED, JobState.INTERRUPTED):
             raise UserError("This job does not need a retry.", plain=True)
         return job
+
+    async def retry(self, job: Job, origin: Origin, announce: Announce) -> list[Job]:
+        """Retry a failed job, paying only when it must: a job the gateway took (it has a
+        request id) and that failed on our side is polled again (and its image fetched
+        again if it exists), no new request; otherwise one new job, at most one however many
+        times Retry is pressed. Returns the new job(s) (none when polled again)."""
+        if job.request_id and job.error_kind in REPOLLABLE:
+            state = JobState.DELIVERING if job.media_url else JobState.SUBMITTED
+            if not await self._jobs.reopen(job, state):
+                raise UserError(ALREADY_RETRIED, plain=True)
+            log.info("job %s: retried by polling request %s again", job.id, job.request_id)
+            self._runner.start(job)
+            return []
+        return await self.derive(job, origin, "retry", announce)
 
     async def cancel(self, job_ids: list[int], user_id: int) -> tuple[list[Job], list[Job]]:
         """Cancel queued jobs of a member (never sent, so never paid): (cancelled, kept)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import discord
@@ -18,10 +19,30 @@ def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: Characters Discord's markdown gives a meaning to (emphasis, code, spoilers, quotes,
+#: headings, masked links, and ``<…>`` mentions, emoji and timestamps), and a list's dash.
+_MARKDOWN = re.compile(r"([\\*_~`|>\[\]()#<])|(?m:^(\s*)-)")
+
+
+def plain(text: str, limit: int | None = None) -> str:
+    """Member text shown as itself: every markdown character escaped (``[label](url)`` links,
+    ``<@id>`` mentions, ``**bold**``, headings…), so a prompt cannot make the bot's message
+    say or link anything it did not write (pings are off anyway: allowed_mentions none).
+    With ``limit``, cut to that many characters after escaping."""
+    escaped = _MARKDOWN.sub(lambda m: "\\" + m.group(1) if m.group(1) else m.group(2) + "\\-", text)
+    escaped = discord.utils.escape_mentions(escaped)
+    if limit is None or len(escaped) <= limit:
+        return escaped
+    cut = escaped[: limit - 1]
+    if (len(cut) - len(cut.rstrip("\\"))) % 2:  # never leave half an escape at the end
+        cut = cut[:-1]
+    return cut + "…"
+
+
 def quote_prompt(prompt: str, limit: int = 300) -> str:
     """The prompt as a one-paragraph quote line for message content."""
     flat = " ".join(prompt.split())
-    return "> " + shorten(flat, limit)
+    return "> " + plain(flat, limit)
 
 
 def format_elapsed(seconds: float) -> str:
@@ -76,8 +97,9 @@ FAILURE_TEXT = {
         "charged. It was not re-sent automatically: press **Retry** to send it again."
     ),
     "uncertain": (
-        "⚠️ **The image service did not confirm it received this job.** To avoid paying "
-        "twice it was not re-sent: press **Retry** to send it again."
+        "⚠️ **The image service did not confirm it received this job**, so it may already "
+        "have been charged. To avoid paying twice it was not re-sent: press **Retry** to send "
+        "it again."
     ),
     "download": "❌ **The finished image could not be fetched**: {detail}",
     "delivery": (
@@ -85,6 +107,11 @@ FAILURE_TEXT = {
         "the bot's permissions (Send Messages, Attach Files, Embed Links)."
     ),
     "internal": "❌ **Something went wrong on our side** ({detail}). Try again.",
+    "storage": (
+        "⚠️ **kreabot cannot save its work right now** (its database is full, locked or "
+        "unreadable). This job is kept and continues once the bot is restarted; ask a server "
+        "admin to check the bot's storage."
+    ),
 }
 
 
@@ -108,7 +135,7 @@ def describe_source(job: Job, key: str) -> str:
 def result_embed(job: Job, *, filename: str, parent_url: str | None = None) -> discord.Embed:
     """The embed under a result: prompt, every parameter used and who asked."""
     params = job.params
-    embed = discord.Embed(description=shorten(params.prompt, 4000), colour=EMBED_COLOUR)
+    embed = discord.Embed(description=plain(params.prompt, 4000), colour=EMBED_COLOUR)
     embed.add_field(name="Seed", value=f"`{params.seed}`", inline=True)
     embed.add_field(
         name="Aspect", value=params.aspect_ratio + describe_source(job, "aspect_ratio"), inline=True

@@ -36,9 +36,11 @@ from bot.pixazo import (
     ServerError,
     StatusResponse,
     Unauthorized,
+    UnexpectedResponse,
 )
 from bot.polling import Backoff, PollPlanner, PollSchedule
 from bot.ratelimit import TokenBucket
+from bot.storage.db import StorageError
 from bot.storage.jobs import ACTIVE_STATES, Job, JobRepository, JobState
 
 log = logging.getLogger(__name__)
@@ -52,9 +54,6 @@ REFUSAL = re.compile(
     r"|content[ _-](?:policy|filter|violation|moderation)|(?:policy|safety)[ _-]violation)\b",
     re.IGNORECASE,
 )
-#: 5xx answers to a submit that come from the gateway's proxy: the request never reached
-#: the model, so sending it again later cannot charge twice.
-NOT_TAKEN_STATUSES = (502, 503, 504)
 #: How often a waiting job refreshes its place in line.
 QUEUE_REFRESH_SECONDS = 2.0
 #: States in which a webhook can make a job poll (its wake event is consumed by the poll).
@@ -254,15 +253,20 @@ class JobRunner:
             await self._run(job)
         except asyncio.CancelledError:
             raise
+        except StorageError as exc:
+            # The job's state is as last saved (it resumes from there on the next start);
+            # the member is told now rather than left looking at "Queued".
+            log.error("job %s: stopped, its state cannot be saved: %s", job.id, exc)
+            await self._notify_failure(job, Failure("storage", str(exc)))
         except Exception:
             log.exception("job %s: unexpected error", job.id)
             try:
                 await self.repo.update(
                     job, state=JobState.FAILED, error_kind="internal", finished_at=self._clock()
                 )
-                await self._notify_failure(job, Failure("internal", f"job {job.id}"))
             except Exception:
                 log.exception("job %s: could not record the failure", job.id)
+            await self._notify_failure(job, Failure("internal", f"job {job.id}"))
         finally:
             self.admission.withdraw(job.id)
             self.admission.release(job.id)
@@ -349,7 +353,16 @@ class JobRunner:
         """Send the paid request. False when the job ended; raises _Requeue to wait again."""
         webhook = self._webhook_url_for(job.id) if self._webhook_url_for else None
         await self.polls.wait_unpaused()
-        await self.repo.update(job, state=JobState.SUBMITTING)
+        # The mark that a paid request is about to leave is on disk before it leaves: after
+        # a crash the job is then known to be uncertain, never sent again blindly.
+        try:
+            await self.repo.update(
+                job, state=JobState.SUBMITTING, submitted_at=self._clock(), durable=True
+            )
+        except StorageError as exc:
+            log.error("job %s: not sent, its state cannot be saved: %s", job.id, exc)
+            await self._notify_failure(job, Failure("storage", str(exc)))
+            return False
         try:
             accepted = await self._timed("submit", self.client.submit(job.params, webhook))
         except InsufficientBalance:
@@ -359,17 +372,15 @@ class JobRunner:
             await self._requeue(job, None, note="the image service is busy, retrying")
         except ConnectionFailed as exc:
             if exc.sent:
+                await self._transient(job)
                 await self._fail(job, Failure("uncertain", exc.message, retryable=True))
                 return False
+            # Refused before a byte left: provably not taken, so it may go again.
             await self._transient(job)
             await self._requeue(job, None, note="the image service is unreachable, retrying")
-        except ServerError as exc:
-            await self._transient(job)
-            if exc.status in NOT_TAKEN_STATUSES:
-                await self._requeue(job, None, note="the image service is busy, retrying")
-            await self._fail(job, Failure("gateway_down", exc.message, retryable=True))
-            return False
-        except PixazoTimeout as exc:
+        except (ServerError, PixazoTimeout, UnexpectedResponse) as exc:
+            # A 5xx (even a proxy's), a timeout or an unreadable 2xx: the gateway may have
+            # taken (and charged) it. Never sent again automatically: the member decides.
             await self._transient(job)
             await self._fail(job, Failure("uncertain", exc.message, retryable=True))
             return False

@@ -109,6 +109,7 @@ class Services:
         self._tasks.clear()
         await self.runner.close()
         await self.delivery.close()
+        await self.pixazo.close()
         if self.web is not None:
             await self.web.close()
         self.images.close()

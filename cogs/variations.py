@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -29,6 +31,9 @@ log = logging.getLogger(__name__)
 
 NO_MENTIONS = discord.AllowedMentions.none()
 REGENERATE_EMOJI = "🔁"
+#: A member's 🔁 on one message starts at most one job per this many seconds.
+REACTION_COOLDOWN_SECONDS = 60.0
+REACTION_MEMORY = 10_000
 DELETE_EMOJI = "❌"
 NOT_YOURS = (
     "Only the member who asked for this image, or someone with Manage Messages, can delete it."
@@ -112,6 +117,22 @@ class VariationsCog(commands.Cog):
         self.settings = settings
         self.jobs = jobs
         self.delivery = delivery
+        #: When each (member, message) last started a job with 🔁 (bounded: oldest dropped).
+        self._reacted: OrderedDict[tuple[int, int], float] = OrderedDict()
+
+    def _cooled_down(self, user_id: int, message_id: int) -> bool:
+        """Whether a member's 🔁 on a message may start a job now (one per cooldown: taking
+        the reaction off and on again is no free loop of paid jobs)."""
+        now = time.monotonic()
+        key = (user_id, message_id)
+        last = self._reacted.get(key)
+        if last is not None and now - last < REACTION_COOLDOWN_SECONDS:
+            return False
+        self._reacted[key] = now
+        self._reacted.move_to_end(key)
+        while len(self._reacted) > REACTION_MEMORY:
+            self._reacted.popitem(last=False)
+        return True
 
     async def cog_load(self) -> None:
         self.bot.result_actions = self
@@ -128,11 +149,17 @@ class VariationsCog(commands.Cog):
         if action != "delete":
             check_can_deliver(interaction)
         if action in ("open", "delete"):
-            job = await self.jobs.load(job_id, origin.guild_id)
-            if action == "delete" and not (
-                interaction.user.id == job.user_id or interaction.permissions.manage_messages
-            ):
-                raise UserError(NOT_YOURS, plain=True)
+            job = await self.jobs.load(job_id, origin)
+            if action == "delete":
+                if not (
+                    interaction.user.id == job.user_id or interaction.permissions.manage_messages
+                ):
+                    raise UserError(NOT_YOURS, plain=True)
+                # Only a message that shows this job: a forged custom_id on another message
+                # must not delete that message.
+                pressed_on = interaction.message.id if interaction.message else None
+                if pressed_on not in (job.message_id, job.result_message_id):
+                    raise UserError(UNAVAILABLE, plain=True)
             return job
         if action == "retry":
             return await self.jobs.retryable(job_id, origin)
@@ -151,7 +178,18 @@ class VariationsCog(commands.Cog):
         elif action == "delete":
             await self.delete(interaction, job)
         elif action == "retry":
-            await self.derive(interaction, job, "retry")
+            await interaction.response.defer(thinking=True)
+            made = await self.jobs.retry(
+                job, origin_of(interaction), self.delivery.announcer(interaction)
+            )
+            await self.delivery.retired(job)  # the Retry button is used up
+            if not made:
+                await interaction.delete_original_response()
+                await interaction.followup.send(
+                    f"🔄 Job #{job.id} reached the image service before: its request is being "
+                    "checked again, and its message will show the image. Nothing new is paid.",
+                    ephemeral=True,
+                )
         elif action == "reframe":
             if not options.get("ratios"):
                 raise UserError("Pick at least one aspect ratio.", plain=True)
@@ -220,7 +258,12 @@ class VariationsCog(commands.Cog):
             if allowed and not await self.delivery.delete_result(job, job.result_message_id):
                 log.info("job %s: could not delete its result", job.id)
             return
+        if job.channel_id != payload.channel_id:
+            return
         if not await self.jobs.may_press(job, payload.user_id, payload.channel_id):
+            return
+        if not self._cooled_down(payload.user_id, payload.message_id):
+            log.info("reaction on job %s: member %s is cooling down", job.id, payload.user_id)
             return
         channel = await self.delivery.channel_for(job)
         guild = self.bot.get_guild(payload.guild_id)

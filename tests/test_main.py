@@ -197,7 +197,7 @@ async def test_check_with_good_settings_prints_the_invite_url(tmp_path: Path) ->
         assert code == 0, output
         app_id = discord_fake.application_id
         lines = output.splitlines()
-        assert lines[0] == (f"ok    database {tmp_path / 'kreabot.sqlite3'} (schema version 4)"), (
+        assert lines[0] == (f"ok    database {tmp_path / 'kreabot.sqlite3'} (schema version 5)"), (
             output
         )
         assert lines[1] == f"ok    Pixazo key accepted by {pixazo.base_url}"

@@ -16,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from pydantic import ValidationError
@@ -34,6 +34,7 @@ from .errors import (
     UnexpectedResponse,
 )
 from .models import StatusResponse, SubmitResponse, TextToImageRequest
+from .safety import PrivateAddress, PublicOnlyResolver
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ SUBMIT_PATH = "/krea-2-large-text-to-image/v1/krea-2-large-text-to-image-request
 STATUS_PATH = "/v2/requests/status/{request_id}"
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
 DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+#: Redirects a media download may follow (each hop checked like the first URL).
+MAX_MEDIA_REDIRECTS = 3
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,9 @@ class PixazoClient:
     """Submits Krea 2 Large jobs, asks their status and downloads results; one request each.
 
     The aiohttp session is injected and owned by the caller. The API key is sent only to
-    the configured gateway origin.
+    the configured gateway origin, and submits and status calls follow no redirect (the key
+    would travel with it). Media from any other host is fetched over HTTPS from public
+    addresses only, through a small session of the client's own (:meth:`close` it).
     """
 
     def __init__(
@@ -96,6 +101,20 @@ class PixazoClient:
         self._origin = (parts.scheme, parts.netloc)
         self._request_timeout = aiohttp.ClientTimeout(total=request_timeout, connect=10)
         self._submit_timeout = aiohttp.ClientTimeout(total=submit_timeout, connect=10)
+        self._media_session: aiohttp.ClientSession | None = None
+
+    def _untrusted_session(self) -> aiohttp.ClientSession:
+        """The session for hosts other than the gateway: public addresses only."""
+        if self._media_session is None or self._media_session.closed:
+            connector = aiohttp.TCPConnector(resolver=PublicOnlyResolver(), limit=20)
+            self._media_session = aiohttp.ClientSession(connector=connector)
+        return self._media_session
+
+    async def close(self) -> None:
+        """Close the client's own media session (the injected one is the caller's)."""
+        if self._media_session is not None:
+            await self._media_session.close()
+            self._media_session = None
 
     def __repr__(self) -> str:
         return f"PixazoClient(base_url={self.base_url!r})"
@@ -123,16 +142,28 @@ class PixazoClient:
         time_limit: aiohttp.ClientTimeout,
         headers: dict[str, str] | None = None,
         body: Any = None,
+        session: aiohttp.ClientSession | None = None,
+        redirects_ok: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send one request and hand over its (successful) response; every failure becomes
-        a :class:`~bot.pixazo.errors.PixazoError` the same way, whoever reads the body."""
+        """Send one request (following no redirect) and hand over its (successful) response;
+        every failure becomes a :class:`~bot.pixazo.errors.PixazoError` the same way, whoever
+        reads the body. A redirect is an error unless ``redirects_ok`` (the caller follows
+        it, checking where it goes)."""
         try:
-            async with self._session.request(
-                method, url, json=body, headers=headers, timeout=time_limit
+            async with (session or self._session).request(
+                method, url, json=body, headers=headers, timeout=time_limit, allow_redirects=False
             ) as response:
+                if 300 <= response.status < 400 and not redirects_ok:
+                    raise UnexpectedResponse(
+                        f"{what} answered with a redirect ({response.status}); not followed, "
+                        "so the API key stays with the gateway",
+                        status=response.status,
+                    )
                 await self._raise_for_status(response)
                 yield response
         except aiohttp.ClientConnectorError as exc:
+            if isinstance(getattr(exc, "os_error", None), PrivateAddress):
+                raise DownloadRejected(f"refusing to fetch from {exc.host}: not public") from exc
             # The connection was never made: not a byte of the request left.
             raise ConnectionFailed(f"cannot connect to {what}: {exc}", sent=False) from exc
         except TimeoutError as exc:
@@ -236,38 +267,57 @@ class PixazoClient:
     async def download(
         self, media_url: str, *, max_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES
     ) -> DownloadedMedia:
-        """Download a result image: https or the gateway's origin only, capped, and an image
-        by its bytes (a CDN's Content-Type is not trusted either way). One attempt."""
-        parts = urlsplit(media_url)
-        if parts.scheme != "https" and not self._same_origin(media_url):
-            raise DownloadRejected("refusing to download media from a non-https URL")
+        """Download a result image (one attempt, a few redirects at most): from the gateway's
+        origin, or over HTTPS from a public address; capped; an image by its bytes (a CDN's
+        Content-Type is not trusted either way)."""
+        url = media_url
+        for _hop in range(MAX_MEDIA_REDIRECTS + 1):
+            trusted = self._same_origin(url)
+            if not trusted and urlsplit(url).scheme != "https":
+                raise DownloadRejected("refusing to download media from a non-https URL")
+            session = self._session if trusted else self._untrusted_session()
+            async with self._request(
+                "GET",
+                url,
+                "the media host",
+                time_limit=self._request_timeout,
+                session=session,
+                redirects_ok=True,
+            ) as response:
+                if 300 <= response.status < 400:
+                    location = response.headers.get("Location")
+                    if not location:
+                        raise DownloadRejected("the media host redirected nowhere")
+                    url = urljoin(url, location)
+                    continue
+                return await self._read_image(response, max_bytes)
+        raise DownloadRejected(f"the media redirected more than {MAX_MEDIA_REDIRECTS} times")
+
+    @staticmethod
+    async def _read_image(response: aiohttp.ClientResponse, max_bytes: int) -> DownloadedMedia:
+        """The body of a media response, capped, and an image by its first bytes."""
+        declared = response.content_length
+        if declared is not None and declared > max_bytes:
+            raise DownloadRejected(f"the image is {declared} bytes, over the {max_bytes} byte cap")
         # BytesIO.getvalue() hands over its buffer without a copy: peak memory stays about
         # one image, where a list of chunks plus join() needs two.
         buffer = io.BytesIO()
         size = 0
         kind: str | None = None
         head = b""
-        async with self._request(
-            "GET", media_url, "the media host", time_limit=self._request_timeout
-        ) as response:
-            declared = response.content_length
-            if declared is not None and declared > max_bytes:
-                raise DownloadRejected(
-                    f"the image is {declared} bytes, over the {max_bytes} byte cap"
-                )
-            async for chunk in response.content.iter_chunked(64 * 1024):
-                size += len(chunk)
-                if size > max_bytes:
-                    raise DownloadRejected(f"the image is over the {max_bytes} byte cap")
-                buffer.write(chunk)
-                if kind is None and len(head) < 12:
-                    head += chunk[: 12 - len(head)]
-                    if len(head) < 12:
-                        continue
-                    kind = sniff_image_type(head)
-                    if kind is None:
-                        declared_type = response.content_type or "?"
-                        raise DownloadRejected(f"the media is not an image ({declared_type})")
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            size += len(chunk)
+            if size > max_bytes:
+                raise DownloadRejected(f"the image is over the {max_bytes} byte cap")
+            buffer.write(chunk)
+            if kind is None and len(head) < 12:
+                head += chunk[: 12 - len(head)]
+                if len(head) < 12:
+                    continue
+                kind = sniff_image_type(head)
+                if kind is None:
+                    declared_type = response.content_type or "?"
+                    raise DownloadRejected(f"the media is not an image ({declared_type})")
         if kind is None:
             raise DownloadRejected("the media is not an image (too short)")
         return DownloadedMedia(buffer.getvalue(), kind)

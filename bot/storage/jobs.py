@@ -41,6 +41,14 @@ ACTIVE_STATES = (
 FINAL_STATES = (JobState.COMPLETED, JobState.FAILED, JobState.INTERRUPTED, JobState.CANCELLED)
 
 
+class AlreadyRetried(Exception):
+    """A Retry was already made from this job."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"job {job_id} was already retried")
+        self.job_id = job_id
+
+
 class Reference(BaseModel):
     """A style reference image of a job, and where a copy of it lives.
 
@@ -95,6 +103,7 @@ class Job:
     batch_id: int | None = None
     batch_index: int | None = None
     batch_size: int = 1
+    retried_by: int | None = None
     created_at: float = 0.0
     submitted_at: float | None = None
     finished_at: float | None = None
@@ -197,6 +206,7 @@ class JobRepository:
         admit: Admit | None = None,
         since: float = 0.0,
         grouped: bool = True,
+        retry_of: int | None = None,
     ) -> list[Job]:
         """Insert pending jobs in one transaction and return them. More than one job makes
         a batch (unless ``grouped`` is False): they share ``batch_id`` (the first job's id)
@@ -206,14 +216,45 @@ class JobRepository:
         are counted in the same transaction and handed to ``admit(member_used,
         server_used)``, which raises to refuse: counting and inserting are one step, so
         concurrent requests cannot both squeeze under a cap.
+
+        With ``retry_of``, that job is claimed in the same transaction (its ``retried_by``
+        set to the new job): a second claim finds it taken and raises :class:`AlreadyRetried`.
         """
         async with self._db.transaction() as connection:
+            if retry_of is not None:
+                claimed = await connection.execute(
+                    "UPDATE jobs SET retried_by = 0 WHERE id = ? AND retried_by IS NULL",
+                    (retry_of,),
+                )
+                if claimed.rowcount != 1:
+                    raise AlreadyRetried(retry_of)
             if admit is not None and batch:
                 first = batch[0]
                 member = await self._count(connection, first.guild_id, since, first.user_id)
                 server = await self._count(connection, first.guild_id, since)
                 admit(member, server)
-            return await self._insert(connection, batch, grouped=grouped and len(batch) > 1)
+            jobs = await self._insert(connection, batch, grouped=grouped and len(batch) > 1)
+            if retry_of is not None and jobs:
+                await connection.execute(
+                    "UPDATE jobs SET retried_by = ? WHERE id = ?", (jobs[0].id, retry_of)
+                )
+            return jobs
+
+    async def reopen(self, job: Job, state: JobState) -> bool:
+        """Put a failed or interrupted job back to work in ``state`` (its paid request is
+        polled again, or its image fetched again); False when it is not failed any more
+        (another press got there first)."""
+        now = self._clock()
+        cursor = await self._db.write(
+            "UPDATE jobs SET state = ?, error_kind = NULL, error_text = NULL, finished_at = NULL,"
+            " submitted_at = ?, updated_at = ? WHERE id = ? AND state IN ('failed', 'interrupted')",
+            (state.value, now, now, job.id),
+        )
+        if cursor.rowcount != 1:
+            return False
+        job.state, job.error_kind, job.error_text = state, None, None
+        job.finished_at, job.submitted_at, job.updated_at = None, now, now
+        return True
 
     async def _insert(
         self, connection: aiosqlite.Connection, batch: list[NewJob], *, grouped: bool
@@ -290,8 +331,9 @@ class JobRepository:
         )
         return _row_to_job(row) if row else None
 
-    async def update(self, job: Job, **changes: Any) -> Job:
-        """Persist ``changes`` (and apply them to ``job``), in one statement."""
+    async def update(self, job: Job, *, durable: bool = False, **changes: Any) -> Job:
+        """Persist ``changes`` (and apply them to ``job``), in one statement; ``durable``: on
+        disk before this returns, even across a power loss."""
         unknown = set(changes) - _UPDATABLE
         if unknown:
             raise ValueError(f"cannot update {sorted(unknown)}")
@@ -303,6 +345,7 @@ class JobRepository:
         await self._db.write(
             f"UPDATE jobs SET {assignments} WHERE id = ?",  # column names come from _UPDATABLE
             (*values, job.id),
+            durable=durable,
         )
         for key, value in changes.items():
             setattr(job, key, value)
@@ -389,14 +432,17 @@ class JobRepository:
         return [_row_to_job(row) for row in rows]
 
     async def usage(self, guild_id: int, since: float) -> list[UsageRow]:
-        """Per member and UTC day: images submitted, failures, and ERROR jobs (not charged)."""
+        """Per member and UTC day: images submitted (those the gateway took, and those it may
+        have taken: an uncertain submit counts as paid), failures, and ERROR jobs (not
+        charged)."""
         rows = await self._db.fetchall(
             """SELECT user_id, date(submitted_at, 'unixepoch') AS day,
                       COUNT(*) AS submitted,
                       SUM(state IN ('failed', 'interrupted')) AS failed,
                       SUM(error_kind = 'error') AS not_charged
                FROM jobs
-               WHERE guild_id = ? AND submitted_at >= ? AND request_id IS NOT NULL
+               WHERE guild_id = ? AND submitted_at >= ?
+                 AND (request_id IS NOT NULL OR state = 'interrupted')
                GROUP BY user_id, day ORDER BY day, user_id""",
             (guild_id, since),
         )

@@ -237,7 +237,7 @@ async def test_failed_and_error_jobs_end_failed_with_their_reason(
     assert rig.fake.media_calls() == []
 
 
-@pytest.mark.parametrize(("status", "kind"), [(400, "bad_request"), (500, "gateway_down")])
+@pytest.mark.parametrize(("status", "kind"), [(400, "bad_request")])
 async def test_a_refused_submit_fails_the_job_without_sending_it_again(
     rig: Rig, status: int, kind: str
 ) -> None:
@@ -274,7 +274,33 @@ async def test_a_connection_dropped_after_the_submit_left_is_interrupted(rig: Ri
     assert len(rig.fake.submits()) == 1
 
 
-@pytest.mark.parametrize("status", [429, 503])
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_a_5xx_to_a_submit_may_have_been_charged_and_is_never_sent_again(
+    rig: Rig, status: int
+) -> None:
+    rig.fake.fail_next("submit", status, text="<html>Bad gateway</html>")
+    job = await rig.job()
+
+    done = await rig.run(job)
+
+    assert rig.repo.states[job.id] == [JobState.SUBMITTING, JobState.INTERRUPTED]
+    assert done.error_kind == "uncertain"
+    assert len(rig.fake.submits()) == 1  # exactly one paid request, whatever came back
+    ((_, failure),) = rig.observer.failures
+    assert failure.retryable
+
+
+async def test_an_unreadable_2xx_to_a_submit_is_uncertain_too(rig: Rig) -> None:
+    rig.fake.fail_next("submit", 202, text="<html>accepted?</html>")
+    job = await rig.job()
+
+    done = await rig.run(job)
+
+    assert done.state is JobState.INTERRUPTED and done.error_kind == "uncertain"
+    assert len(rig.fake.submits()) == 1
+
+
+@pytest.mark.parametrize("status", [429])
 async def test_a_submit_the_gateway_did_not_take_goes_back_in_line_and_is_sent_again(
     rig: Rig, status: int
 ) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import bot.runner
+from tests.fake_discord import InteractionHandle
 from tests.support.checks import bot_messages, texts_of
 from tests.support.fair_use import (
     channel_texts,
@@ -278,8 +279,8 @@ async def test_a_probe_that_fails_for_good_does_not_stop_the_next_probes(world: 
         waiting = await launch(world, "probe waits", user=world.guild.admin)
         await shows(waiting, "Paused")
         world.pixazo.fail_next("submit", status=500)  # the probe meets a real server error
-        failed_text = (await shows(doomed, "unreachable or failing")).content
-        await states(world, {"probe fails": "failed"})
+        failed_text = (await shows(doomed, "did not confirm")).content
+        await states(world, {"probe fails": "interrupted"})  # maybe charged: never re-sent
 
         world.pixazo.set_balance(10)
         await world.result_of(waiting, timeout=4 * PROBE + 3)
@@ -294,39 +295,52 @@ async def test_a_probe_that_fails_for_good_does_not_stop_the_next_probes(world: 
 # --------------------------------------------------------------------------- outages, 429
 
 
+async def five_uncertain_jobs(world: World, status: int) -> list[InteractionHandle]:
+    """Five jobs whose submits meet a 5xx: each may have been charged, so each ends
+    interrupted (with Retry) and none is sent again; five in a row open the breaker."""
+    world.pixazo.fail_next(
+        "submit", status=status, text="<html>Service Unavailable</html>", times=5
+    )
+    people = [world.discord.add_member(world.guild, f"member-{i}") for i in range(5)]
+    handles = []
+    for index, person in enumerate(people):
+        handle = await launch(world, f"outage {index}", user=person)
+        await shows(handle, "did not confirm")
+        handles.append(handle)
+    return handles
+
+
 async def test_a_streak_of_5xx_pauses_submissions_as_an_outage_and_recovers(
     world: World,
 ) -> None:
-    world.pixazo.fail_next("submit", status=503, text="<html>Service Unavailable</html>", times=6)
     async with world.bot(BREAKER_PROBE_SECONDS=PROBE):
         log_channel = await use_log_channel(world)
-        first = await launch(world, "outage one")
-        paused = (await shows(first, "Paused", "failing")).content
+        failed = await five_uncertain_jobs(world, 503)
         await eventually(lambda: channel_texts(world, log_channel), what="the admin notice")
-        second = await launch(world, "outage two", user=world.guild.admin)
-        second_paused = (await shows(second, "Paused")).content
-        await world.result_of(first, timeout=4 * PROBE + 3)
-        await world.result_of(second)
+        waiting = await launch(world, "after the outage", user=world.guild.admin)
+        paused = (await shows(waiting, "Paused", "failing")).content
+        await world.result_of(waiting, timeout=4 * PROBE + 3)
+        await states(world, {f"outage {i}": "interrupted" for i in range(5)})
 
     statuses = [r.status for r in submits(world)]
-    assert statuses == [503] * 6 + [202, 202]
+    assert statuses == [503] * 5 + [202]  # no failed submit was ever sent again
     times = [r.time for r in submits(world)]
-    # Five quick failures open the breaker; from then on one probe per delay.
-    assert times[5] - times[4] >= PROBE * 0.9
-    assert times[6] - times[5] >= PROBE * 0.9
-    assert submitted_prompts(world) == ["outage one", "outage two"]
+    assert times[5] - times[4] >= PROBE * 0.9  # the breaker held the next one back
+    assert submitted_prompts(world) == ["after the outage"]
     notices = channel_texts(world, log_channel)
     assert len(notices) == 1 and "keeps failing" in notices[0], notices
-    assert "continues on its own" in paused and "outage one" in paused
-    assert "failing" in second_paused
-    assert "<html>" not in paused
+    assert "continues on its own" in paused and "after the outage" in paused
+    for handle in failed:
+        message = handle.original
+        assert message is not None and message.custom_ids[0].startswith("krea:retry:")
+        assert "<html>" not in message.content
 
 
 async def test_an_outage_ending_on_an_empty_wallet_tells_the_admins_why(world: World) -> None:
-    world.pixazo.fail_next("submit", status=502, times=5)
     async with world.bot(BREAKER_PROBE_SECONDS=PROBE):
         log_channel = await use_log_channel(world)
-        handle = await launch(world, "unlucky job")
+        await five_uncertain_jobs(world, 502)
+        handle = await launch(world, "unlucky job", user=world.guild.admin)
         await shows(handle, "Paused", "failing")
         world.pixazo.set_balance(0)  # the gateway is back, but the wallet ran dry
         await shows(handle, "Paused", "balance is empty", timeout=PROBE + 3)
@@ -456,10 +470,10 @@ async def test_a_paused_job_gives_up_after_the_give_up_time_and_is_not_counted(
 ) -> None:
     if trouble == "balance":
         world.pixazo.set_balance(0)
-    else:
-        world.pixazo.fail_next("submit", status=502, times=5)
     settings = {"BREAKER_PROBE_SECONDS": 600, "QUEUE_GIVE_UP_SECONDS": 3600}
     async with world.bot(MEMBER_DAILY_IMAGES=1, **settings):
+        if trouble == "outage":
+            await five_uncertain_jobs(world, 502)  # other members' jobs open the breaker
         handle = await launch(world, "patient job")
         await shows(handle, "Paused")
         world.advance(3601)

@@ -265,6 +265,7 @@ class FailureCase:
     retry: bool
     overrides: dict[str, Any] = field(default_factory=dict)
     forbidden: tuple[str, ...] = ()
+    state: str = "failed"
 
 
 def _manual(pixazo: FakePixazo) -> None:
@@ -286,11 +287,12 @@ FAILURES = {
         "error",
         retry=True,
     ),
-    "submit-500": FailureCase(
+    "submit-500": FailureCase(  # a 5xx may have been charged: never sent again blindly
         lambda p: p.fail_next("submit", status=500),
-        ("unreachable or failing",),
-        "gateway_down",
+        ("did not confirm", "may already have been charged"),
+        "uncertain",
         retry=True,
+        state="interrupted",
     ),
     "timeout": FailureCase(
         _manual,
@@ -310,7 +312,7 @@ async def test_each_gateway_failure_is_a_readable_message(world: World, case: Fa
         message = await handle.wait_for_original(
             lambda m: all(text in m.content for text in case.expect), timeout=5.0
         )
-        row = await job_in_state(world, "failed")
+        row = await job_in_state(world, case.state)
 
     assert PROMPT in message.content  # the member sees which job failed
     assert message.embeds == []

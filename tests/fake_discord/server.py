@@ -134,6 +134,8 @@ API_PREFIXES = ("/api/v10", "/api/v9")
 EDITABLE_FLAGS = MESSAGE_FLAG_SUPPRESS_EMBEDS | MESSAGE_FLAG_COMPONENTS_V2
 VOICE_CHANNEL_TYPES = (CHANNEL_VOICE, CHANNEL_STAGE)
 SENDABLE_FLAGS = EDITABLE_FLAGS | MESSAGE_FLAG_EPHEMERAL | (1 << 12)  # 1<<12 suppress notif.
+#: How long Discord remembers a nonce for ``enforce_nonce`` ("the past few minutes").
+NONCE_WINDOW = 5 * 60.0
 IDENTIFY_WINDOW = 5.0  # seconds per identify bucket (gateway docs, "max_concurrency")
 SESSION_START_TOTAL = 1000  # identifies per 24 h (gateway docs, "Session Start Limit")
 
@@ -1046,6 +1048,28 @@ class FakeDiscord:
                 )
         return result
 
+    def _same_nonce(self, channel_id: int, author: FakeUser, payload: JSON) -> FakeMessage | None:
+        """With ``enforce_nonce``, the message this author already created with the same nonce
+        in the last few minutes: Discord returns it and creates nothing ("If true and nonce is
+        present, it will be checked for uniqueness in the past few minutes. If another
+        message was created by the same author with the same nonce, that message will be
+        returned and no new message will be created", Create Message, JSON params)."""
+        nonce = payload.get("nonce")
+        if not payload.get("enforce_nonce") or nonce is None:
+            return None
+        now = self.wall_time()
+        for message in reversed(list(self._messages.values())):
+            if now - message.created_at > NONCE_WINDOW:
+                break
+            if (
+                message.channel_id == channel_id
+                and message.author.id == author.id
+                and str(message.nonce) == str(nonce)
+                and not message.deleted
+            ):
+                return message
+        return None
+
     def _kept_count(self, payload: JSON, existing: list[StoredAttachment]) -> int:
         specs = payload.get("attachments")
         if specs is None:
@@ -1069,6 +1093,9 @@ class FakeDiscord:
     ) -> FakeMessage:
         if validate:
             check_message(payload, files, size_limit=size_limit)
+        earlier = self._same_nonce(channel_id, author, payload)
+        if earlier is not None:
+            return earlier
         flags = (int(payload.get("flags") or 0) & SENDABLE_FLAGS) | extra_flags
         attachments = self._resolve_attachments(
             payload, files, channel_id, [], ephemeral=bool(flags & MESSAGE_FLAG_EPHEMERAL)

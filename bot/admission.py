@@ -115,6 +115,8 @@ class Admission:
         member = self._in_flight.pop(job_id, None)
         if member is not None:
             self._per_member[member] -= 1
+            if self._per_member[member] <= 0:
+                del self._per_member[member]  # bounded: members come and go
         if job_id == self.probe_job:
             self.probe_job = None
             if self.breaker.reason is not None and self.breaker.probing:

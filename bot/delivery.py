@@ -51,6 +51,8 @@ NO_MENTIONS = discord.AllowedMentions.none()
 PROGRESS_EDIT_INTERVAL = 3.0
 #: Uploads with the bot token get the server's limit: 10 MiB below boost tier 2.
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+#: Messages whose progress edits are tracked at once (the oldest idle ones are forgotten).
+MAX_TRACKED_MESSAGES = 10_000
 #: HTTP statuses with which Discord refuses a result for good (the same body would fail again).
 REFUSED_STATUSES = (400, 403, 413)
 PAUSE_NOTICES = {
@@ -219,6 +221,18 @@ class DiscordDelivery:
     def _announced(self, jobs: list[Job], content: str) -> None:
         edits = _Edits(jobs[0], content, shown=content, shown_stage="queued", last=time.monotonic())
         self._edits[self._edit_key(jobs[0])] = edits
+        if len(self._edits) > MAX_TRACKED_MESSAGES:  # bounded, whatever happens to the jobs
+            for key in [k for k, e in self._edits.items() if e.task is None or e.task.done()][
+                : len(self._edits) - MAX_TRACKED_MESSAGES
+            ]:
+                del self._edits[key]
+
+    async def cancelled(self, job: Job) -> None:
+        """A queued job was cancelled by its member: say so on its message."""
+        await self._settle(job)
+        await self.edit_job_message(
+            job, content=f"🚫 Cancelled by its requester (job #{job.id}); nothing was charged."
+        )
 
     @staticmethod
     def _edit_key(job: Job) -> int:

@@ -115,9 +115,7 @@ class JobsCog(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)  # answer within 3 s
         cancelled, kept = await self.job_service.cancel(job_ids, interaction.user.id)
         for job in cancelled:
-            await self.delivery.edit_job_message(
-                job, content=f"🚫 Cancelled by its requester (job #{job.id}); nothing was charged."
-            )
+            await self.delivery.cancelled(job)
         parts = []
         if cancelled:
             parts.append("Cancelled " + ", ".join(f"#{j.id}" for j in cancelled) + ".")

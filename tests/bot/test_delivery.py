@@ -272,6 +272,22 @@ async def test_each_file_is_fitted_to_the_limit_of_the_path_it_takes(scene: Scen
     assert all(a.size <= 4000 for a in shown.attachments)  # each file on its own
 
 
+async def test_a_result_posted_again_after_a_crash_is_the_same_message(scene: Scene) -> None:
+    interaction = await scene.interaction()
+    (job,) = await scene.jobs(interaction)
+    await scene.announced([job], interaction)
+    await scene.repo.update(job, token_expires_at=0.0)  # the bot's token: a channel reply
+
+    first = await scene.delivery.job_result(job, media(3))
+    # The bot died before it recorded that post; after the restart it delivers again.
+    again = await scene.delivery.job_result(job, media(3))
+
+    assert first is not None and again is not None
+    assert again.message_id == first.message_id  # the job's nonce found the earlier post
+    posted = [m for m in scene.fake.messages() if m.attachments and not m.deleted]
+    assert [m.id for m in posted] == [first.message_id]
+
+
 async def test_a_pause_is_told_in_each_servers_log_channel(scene: Scene) -> None:
     guild = scene.fake.guild
     await scene.config.set(guild.id, SERVER, "log_channel", guild.channel.id)

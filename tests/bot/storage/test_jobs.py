@@ -169,3 +169,24 @@ async def test_reopening_the_file_keeps_rows(db_path: Path) -> None:
     assert (reloaded.error_kind, reloaded.error_text) == ("BadRequest", "nope")
     assert reloaded.params == job.params
     assert reloaded.refs == job.refs
+
+
+async def test_a_locked_or_full_database_is_a_plain_storage_error(db_path: Path) -> None:
+    import sqlite3
+
+    from bot.storage.db import StorageError
+
+    database = await open_database(db_path)
+    other = sqlite3.connect(db_path, timeout=0.1)
+    try:
+        await database.connection.execute("PRAGMA busy_timeout=100")
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        with pytest.raises(StorageError) as locked:
+            await JobRepository(database).create(new_job())
+        assert locked.value.kind == "locked" and "locked" in str(locked.value)
+        other.rollback()
+        job = await JobRepository(database).create(new_job())  # and it works again
+        assert job.id >= 1
+    finally:
+        other.close()
+        await database.close()

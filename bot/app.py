@@ -6,6 +6,7 @@ The services it speaks for are built in ``bot/__main__.py`` and handed over with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 #: The cogs loaded at start, in order.
 EXTENSIONS: tuple[str, ...] = ("cogs.imagine", "cogs.variations", "cogs.settings", "cogs.jobs")
 RESTARTING = "kreabot is restarting; please try again in a minute."
+#: Seconds between two identifies of one max_concurrency bucket (Discord's rule).
+IDENTIFY_INTERVAL = 5.0
 
 
 class KreaTree(app_commands.CommandTree["KreaBot"]):
@@ -51,13 +54,16 @@ class KreaTree(app_commands.CommandTree["KreaBot"]):
         await report_error(interaction, error)
 
 
-class KreaBot(commands.Bot):
-    """A Discord bot that turns slash commands into Krea 2 images."""
+class KreaBot(commands.AutoShardedBot):
+    """A Discord bot that turns slash commands into Krea 2 images (one or many shards)."""
 
     def __init__(self, settings: Settings, **options: Any) -> None:
         # Only what the bot handles: servers and channels (GUILDS) and 🔁/❌ on results
         # (GUILD_MESSAGE_REACTIONS). No messages, typing or presences of busy servers, no
         # message cache, no member lists.
+        shards = settings.own_shards()
+        if shards is not None:
+            options["shard_ids"] = shards  # with SHARD_COUNT: this process's part
         intents = discord.Intents.none()
         intents.guilds = True
         intents.guild_reactions = True
@@ -70,8 +76,11 @@ class KreaBot(commands.Bot):
             max_messages=None,
             member_cache_flags=discord.MemberCacheFlags.none(),
             chunk_guilds_at_startup=False,
+            shard_count=settings.SHARD_COUNT,
             **options,
         )
+        self._identified: dict[int, float] = {}
+        self._max_concurrency: int | None = None
         self.settings = settings
         self.accepting = True
         #: What the result controls do (set by the variations cog).
@@ -130,12 +139,34 @@ class KreaBot(commands.Bot):
         super().remove_dynamic_items(*items)
         self._dynamic_items.difference_update(items)
 
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Identify as fast as Discord allows: shards of one ``max_concurrency`` bucket at
+        least 5 s apart (discord.py's default waits 5 s before every shard)."""
+        if self._max_concurrency is None:
+            try:
+                self._max_concurrency = max(
+                    1, (await self.fetch_session_start_limits()).max_concurrency
+                )
+            except (discord.HTTPException, discord.GatewayNotFound, KeyError, TypeError):
+                self._max_concurrency = 1
+        bucket = (shard_id or 0) % self._max_concurrency
+        loop = asyncio.get_running_loop()
+        last = self._identified.get(bucket)
+        if last is not None and (wait := last + IDENTIFY_INTERVAL - loop.time()) > 0:
+            await asyncio.sleep(wait)
+        self._identified[bucket] = loop.time()
+
+    def shard_latencies(self) -> dict[int, float]:
+        """Each shard this process runs and its gateway latency in seconds."""
+        return {shard_id: latency for shard_id, latency in self.latencies}
+
     def connected(self) -> bool:
         """Whether the gateway connection is open and the bot logged in."""
-        # ``ws`` outlives a dropped connection (discord.py reconnects with a new one): ask
-        # whether its socket is open.
-        ws = self.ws
-        return bool(ws is not None and ws.open and not self.is_closed() and self.user)
+        # A shard's ``ws`` outlives a dropped connection (discord.py reconnects with a new
+        # one): ask whether each socket is open.
+        if self.is_closed() or self.user is None or not self.shards:
+            return False
+        return all(not shard.is_closed() for shard in self.shards.values())
 
     async def close(self) -> None:
         """Stop taking commands, stop the services (jobs persist), disconnect."""
@@ -143,4 +174,9 @@ class KreaBot(commands.Bot):
         if self._started:
             self._started = False
             await self.services.stop()
+        if not hasattr(self, "_AutoShardedClient__queue"):
+            # Never entered (``async with`` / ``start`` set up the shards' queue): discord.py's
+            # AutoShardedClient.close() would fail on the missing queue.
+            await self.http.close()
+            return
         await super().close()

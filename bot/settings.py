@@ -30,10 +30,24 @@ HINTS: dict[str, str] = {
     "PIXAZO_BASE_URL": "use an http(s) origin such as https://gateway.pixazo.ai",
     "DATABASE_PATH": "use a writable file path such as data/kreabot.sqlite3",
     "LOG_LEVEL": "use one of DEBUG, INFO, WARNING, ERROR",
+    "SHARD_IDS": "use shard numbers and ranges such as 0,1,2 or 0-3",
     "LOG_FORMAT": "use plain (one readable line per event) or json (one JSON object per line)",
     "HTTP_PORT": "use a TCP port number such as 8080",
     "WEBHOOK_PUBLIC_URL": "use the public https URL that reaches HTTP_PORT",
 }
+
+
+def _parse_shard_ids(text: str) -> list[int]:
+    """``"0,2,5-7"`` -> ``[0, 2, 5, 6, 7]``; ValueError when it is not such a list."""
+    ids: set[int] = set()
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        first, dash, last = part.partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise ValueError(f"SHARD_IDS has {part!r}, not a shard number or range")
+        ids.update(range(int(first), int(last) + 1) if dash else [int(first)])
+    return sorted(ids)
 
 
 class SettingsError(Exception):
@@ -116,6 +130,52 @@ class Settings(BaseSettings):
     IMAGE_THREADS: Annotated[int, Field(ge=1, le=16)] = 2
     #: Longest prompt accepted by /imagine.
     MAX_PROMPT_LENGTH: Annotated[int, Field(ge=10, le=4000)] = 1500
+    #: Gateway shards in all (every process must agree); default: Discord's recommendation.
+    SHARD_COUNT: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    #: The shards this process runs: ``0,1,2`` or ``0-3`` (needs SHARD_COUNT).
+    SHARD_IDS: str | None = None
+    #: Or: this process is number CLUSTER_INDEX (from 0) of CLUSTER_COUNT and runs a
+    #: contiguous range of the SHARD_COUNT shards.
+    CLUSTER_INDEX: Annotated[int, Field(ge=0, le=10_000)] | None = None
+    CLUSTER_COUNT: Annotated[int, Field(ge=1, le=10_000)] | None = None
+
+    def own_shards(self) -> list[int] | None:
+        """The shard ids this process runs (None: every shard, as Discord recommends)."""
+        if self.SHARD_IDS:
+            return _parse_shard_ids(self.SHARD_IDS)
+        if self.CLUSTER_COUNT is not None and self.CLUSTER_INDEX is not None:
+            assert self.SHARD_COUNT is not None  # checked by _shards_are_consistent
+            per = -(-self.SHARD_COUNT // self.CLUSTER_COUNT)
+            first = self.CLUSTER_INDEX * per
+            return list(range(first, min(self.SHARD_COUNT, first + per)))
+        return None
+
+    @model_validator(mode="after")
+    def _shards_are_consistent(self) -> Settings:
+        clustered = self.CLUSTER_INDEX is not None or self.CLUSTER_COUNT is not None
+        if self.SHARD_IDS and clustered:
+            raise ValueError("give SHARD_IDS or CLUSTER_INDEX/CLUSTER_COUNT, not both")
+        if (self.SHARD_IDS or clustered) and self.SHARD_COUNT is None:
+            raise ValueError(
+                "SHARD_IDS and CLUSTER_INDEX need SHARD_COUNT: every process must agree on "
+                "the total number of shards"
+            )
+        if clustered and (self.CLUSTER_INDEX is None or self.CLUSTER_COUNT is None):
+            raise ValueError("CLUSTER_INDEX and CLUSTER_COUNT go together: set both")
+        if self.CLUSTER_INDEX is not None and self.CLUSTER_COUNT is not None:
+            if self.CLUSTER_INDEX >= self.CLUSTER_COUNT:
+                raise ValueError("CLUSTER_INDEX must be below CLUSTER_COUNT (it counts from 0)")
+            assert self.SHARD_COUNT is not None
+            if self.CLUSTER_COUNT > self.SHARD_COUNT:
+                raise ValueError("CLUSTER_COUNT cannot exceed SHARD_COUNT (a process per shard)")
+        if self.SHARD_IDS:
+            ids = _parse_shard_ids(self.SHARD_IDS)
+            assert self.SHARD_COUNT is not None
+            if not ids or any(i >= self.SHARD_COUNT for i in ids):
+                raise ValueError(
+                    f"SHARD_IDS must name shards from 0 to {self.SHARD_COUNT - 1} (SHARD_COUNT)"
+                )
+        return self
 
     @field_validator("DISCORD_TOKEN", "PIXAZO_API_KEY")
     @classmethod

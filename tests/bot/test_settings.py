@@ -258,3 +258,48 @@ def test_an_unreadable_secret_file_is_one_clear_line(
     message = str(caught.value)
     assert message.startswith(f"cannot read the secret file {folder}")
     assert "Permission denied" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("values", "shards"),
+    [
+        ({}, None),
+        ({"SHARD_COUNT": "4"}, None),
+        ({"SHARD_COUNT": "8", "SHARD_IDS": "0,2, 5-7"}, [0, 2, 5, 6, 7]),
+        ({"SHARD_COUNT": "10", "CLUSTER_INDEX": "0", "CLUSTER_COUNT": "3"}, [0, 1, 2, 3]),
+        ({"SHARD_COUNT": "10", "CLUSTER_INDEX": "2", "CLUSTER_COUNT": "3"}, [8, 9]),
+    ],
+)
+def test_a_process_runs_the_shards_its_settings_name(
+    values: dict[str, str], shards: list[int] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+    monkeypatch.setenv("PIXAZO_API_KEY", API_KEY)
+    assert load_settings(env_file=None).own_shards() == shards
+
+
+@pytest.mark.parametrize(
+    ("values", "problem"),
+    [
+        ({"SHARD_IDS": "0,1"}, "need SHARD_COUNT"),
+        ({"SHARD_COUNT": "2", "SHARD_IDS": "0,2"}, "from 0 to 1"),
+        (
+            {"SHARD_COUNT": "4", "SHARD_IDS": "0", "CLUSTER_INDEX": "0", "CLUSTER_COUNT": "2"},
+            "not both",
+        ),
+        ({"SHARD_COUNT": "4", "CLUSTER_INDEX": "2", "CLUSTER_COUNT": "2"}, "below CLUSTER_COUNT"),
+        ({"SHARD_COUNT": "4", "CLUSTER_INDEX": "1"}, "go together"),
+        ({"SHARD_COUNT": "4", "SHARD_IDS": "one"}, "SHARD_IDS"),
+    ],
+)
+def test_inconsistent_shard_settings_stop_start_up_with_one_line(
+    values: dict[str, str], problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DISCORD_TOKEN", TOKEN)
+    monkeypatch.setenv("PIXAZO_API_KEY", API_KEY)
+    with pytest.raises(SettingsError, match=problem):
+        load_settings(env_file=None)

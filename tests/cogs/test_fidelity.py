@@ -245,3 +245,24 @@ async def test_an_unexpected_error_after_the_deferral_stays_private(
     assert "fire" not in text and "RuntimeError" not in text
     assert handle.original is not None and handle.original.deleted  # no public "thinking"
     assert [m for m in bot_messages(world.discord, include_ephemeral=False) if not m.deleted] == []
+
+
+# --------------------------------------------------------------------------- shards
+
+
+async def test_a_bot_on_the_recommended_shards_serves_every_server(tmp_path: Any) -> None:
+    from tests.support.world import make_world
+
+    async with make_world(tmp_path, discord_options={"shards": 2, "max_concurrency": 2}) as world:
+        while len({(g.id >> 22) % 2 for g in world.discord.guilds.values()}) < 2:
+            world.discord.advance(0.001)
+            world.discord.add_guild(f"guild {len(world.discord.guilds)}")
+        async with world.bot() as bot:
+            assert bot.shard_count == 2 and set(bot.shard_latencies()) == {0, 1}
+            for guild in world.discord.guilds.values():
+                handle = await world.discord.slash("imagine", {"prompt": PROMPT}, guild=guild)
+                await handle.wait_for_response()
+                assert (await world.result_of(handle)).attachments
+        identified = world.discord.identify_log[-2:]
+    assert sorted(r.shard for r in identified) == [(0, 2), (1, 2)]
+    assert not any(r.too_soon for r in identified)  # two buckets: no wait, no refusal

@@ -95,11 +95,16 @@ class World:
 
 
 @contextlib.asynccontextmanager
-async def make_world(tmp_path: Path, **pixazo_options: Any) -> AsyncIterator[World]:
+async def make_world(
+    tmp_path: Path, *, discord_options: dict[str, Any] | None = None, **pixazo_options: Any
+) -> AsyncIterator[World]:
     """Start both fakes (discord.py patched to the fake Discord)."""
     options = {"queued_seconds": 0.02, "processing_seconds": 0.1, "long_edge": 256}
     options.update(pixazo_options)
-    async with FakePixazo(**options) as pixazo, FakeDiscord() as discord_fake:
+    async with (
+        FakePixazo(**options) as pixazo,
+        FakeDiscord(**(discord_options or {})) as discord_fake,
+    ):
         guild = discord_fake.add_guild()
         with discord_fake.patch_discord_py():
             yield World(discord_fake, pixazo, tmp_path / "kreabot.sqlite3", guild)

@@ -32,7 +32,7 @@ from bot.imaging import ImageWorker
 from bot.job_service import JobService
 from bot.logs import setup_logging
 from bot.maintenance import Maintenance
-from bot.metrics import Metrics
+from bot.metrics import Metrics, Snapshot
 from bot.pixazo import NotFound, PixazoClient, PixazoError, Unauthorized
 from bot.polling import RATE_HEADROOM, PollPlanner, PollSchedule
 from bot.runner import JobRunner
@@ -40,8 +40,8 @@ from bot.services import Services
 from bot.settings import HINTS, Settings, SettingsError, load_settings
 from bot.storage.config import ConfigStore
 from bot.storage.db import Database, open_database
-from bot.storage.jobs import JobRepository
-from bot.web import WebServer
+from bot.storage.jobs import ACTIVE_STATES, JobRepository
+from bot.web import Readiness, WebServer
 from bot.webhooks import webhook_url
 
 log = logging.getLogger("bot")
@@ -79,6 +79,13 @@ def invite_url(application_id: int) -> str:
     return discord.utils.oauth_url(application_id, permissions=PERMISSIONS, scopes=SCOPES)
 
 
+def shard_latencies(bot: discord.Client) -> list[tuple[int, float]]:
+    """(shard id, gateway heartbeat latency in seconds) of every shard the bot runs."""
+    if isinstance(bot, discord.AutoShardedClient):
+        return list(bot.latencies)
+    return [(bot.shard_id or 0, bot.latency)]
+
+
 def build_services(
     settings: Settings,
     *,
@@ -94,7 +101,13 @@ def build_services(
     jobs = JobRepository(db, clock)
     config = ConfigStore(db, clock)
     fair_use = FairUse(settings, config, clock)
-    metrics = Metrics()
+    metrics = Metrics(
+        max_in_flight=settings.MAX_CONCURRENT_JOBS,
+        status_polls_per_second=settings.STATUS_POLLS_PER_SECOND,
+    )
+    # discord.py makes its HTTP session when the bot logs in (after this): with this trace,
+    # every REST answer reaches the metrics (429s by route).
+    bot.http.http_trace = metrics.discord_trace()
     pixazo = PixazoClient(
         session, settings.PIXAZO_API_KEY.get_secret_value(), base_url=settings.PIXAZO_BASE_URL
     )
@@ -144,18 +157,35 @@ def build_services(
     web = None
     if settings.HTTP_PORT is not None:
 
-        async def health() -> dict[str, bool]:
-            return {"discord": bot.connected(), "database": await db.ping()}
+        async def readiness() -> Readiness:
+            return Readiness(
+                discord=bot.connected(),
+                database=await db.ping(),
+                breaker_reason=runner.breaker.reason,
+            )
 
-        async def metrics_text() -> str:
-            return metrics.render(await jobs.count_by_state())
+        async def exposition(accept: str | None) -> tuple[bytes, str]:
+            try:
+                active: dict[str, int] | None = await jobs.count_in_states(ACTIVE_STATES)
+            except Exception as exc:  # the scrape still shows everything else
+                log.warning("metrics: the database did not answer: %r", exc)
+                active = None
+            snapshot = Snapshot(
+                active_jobs=active,
+                queue_depth=len(runner.admission.waiting()),
+                in_flight=runner.admission.in_flight(),
+                breaker_reason=runner.breaker.reason,
+                discord_connected=bot.connected(),
+                discord_latencies=shard_latencies(bot),
+            )
+            return metrics.render(snapshot, accept)
 
         secret = settings.WEBHOOK_SECRET
         web = WebServer(
             settings.HTTP_HOST,
             settings.HTTP_PORT,
-            health=health,
-            metrics_text=metrics_text,
+            readiness=readiness,
+            exposition=exposition,
             wake=runner.wake,
             metrics=metrics,
             webhook_secret=secret.get_secret_value() if secret else None,

@@ -1,8 +1,10 @@
-"""``python -m bot [run | check | sync [--guild ID]]``: build the dependencies and act.
+"""``python -m bot [run | check [--offline] | sync [--guild ID]]``: build the dependencies and act.
 
 * ``run`` (default): run the bot until SIGTERM/SIGINT.
-* ``check``: validate the settings, open the database, ask Pixazo (free) whether the key
-  is accepted, ask Discord whether the token is, and print the invite URL.
+* ``check``: validate the settings, read the database (read-only: never created nor
+  migrated), ask Pixazo (free) whether the key is accepted, ask Discord whether the token
+  is, and print the invite URL. Exits 1 when something failed or could not be verified;
+  ``--offline`` skips Pixazo and Discord.
 * ``sync``: register the slash commands now (globally, or in one server with ``--guild``).
 """
 
@@ -14,11 +16,13 @@ import base64
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aiohttp
 import discord
@@ -39,7 +43,7 @@ from bot.runner import JobRunner
 from bot.services import Services
 from bot.settings import HINTS, Settings, SettingsError, load_settings
 from bot.storage.config import ConfigStore
-from bot.storage.db import Database, open_database
+from bot.storage.db import Database, latest_schema_version, open_database
 from bot.storage.jobs import ACTIVE_STATES, JobRepository
 from bot.web import Readiness, WebServer
 from bot.webhooks import webhook_url
@@ -256,56 +260,131 @@ async def shutdown(bot: KreaBot) -> None:
     await bot.close()
 
 
-async def check(settings: Settings) -> int:
-    """Print one line per check; 0 when everything is fine."""
-    failures = 0
+#: How ``check`` marks a line: verified, failed, could not be verified, not checked.
+OK, FAIL, UNKNOWN, SKIPPED = "ok    ", "FAIL  ", "??    ", "--    "
+#: How long ``check`` waits for Discord's answer.
+CHECK_TIMEOUT_SECONDS = 30.0
+
+
+def check_database(path: Path) -> bool:
+    """Report the database without creating, migrating or writing anything; True when the
+    bot can use it (a file not made yet counts: the first run creates it)."""
+    if str(path) == ":memory:":
+        print(f"{OK}database in memory (DATABASE_PATH=:memory:): nothing is kept between runs")
+        return True
+    if not path.exists():
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            print(f"{FAIL}database {path} does not exist and cannot be created: {DATABASE_HINT}")
+            return False
+        print(f"{OK}database {path} does not exist yet (created on first run)")
+        return True
+    # Read-only. A WAL database opened read-only gets -wal and -shm files when they are
+    # missing (which a root-owned check would leave, unreadable, to the bot): without them
+    # no bot has the database open, so it is read as an immutable file, creating nothing.
+    shared_memory = path.with_name(path.name + "-shm").exists()
+    uri = path.resolve().as_uri() + ("?mode=ro" if shared_memory else "?mode=ro&immutable=1")
     try:
-        db = await open_database(settings.DATABASE_PATH)
-    except (OSError, sqlite3.Error) as exc:
-        print(f"FAIL  database {settings.DATABASE_PATH} cannot be opened ({exc}): {DATABASE_HINT}")
-        failures += 1
-    else:
-        row = await db.fetchone("PRAGMA user_version")
-        await db.close()
-        print(f"ok    database {settings.DATABASE_PATH} (schema version {row[0] if row else '?'})")
-    async with aiohttp.ClientSession() as session:
-        client = PixazoClient(
-            session, settings.PIXAZO_API_KEY.get_secret_value(), base_url=settings.PIXAZO_BASE_URL
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+            version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+            connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        print(f"{FAIL}database {path} cannot be read ({exc}): {DATABASE_HINT}")
+        return False
+    latest = latest_schema_version()
+    if version > latest:
+        print(
+            f"{FAIL}database {path} has schema version {version}, newer than this kreabot "
+            f"knows ({latest}): a newer release wrote it; run that release"
         )
-        try:
-            await client.status("kreabot-check-not-a-request")
-            print(f"ok    Pixazo key accepted by {settings.PIXAZO_BASE_URL}")
-        except NotFound:
-            print(f"ok    Pixazo key accepted by {settings.PIXAZO_BASE_URL}")
-        except Unauthorized:
-            print("FAIL  Pixazo refused PIXAZO_API_KEY: check the key at pixazo.ai")
-            failures += 1
-        except PixazoError as exc:
-            print(f"??    could not tell whether the Pixazo key is accepted: {exc.message}")
-        http = discord.http.HTTPClient(asyncio.get_running_loop())
-        app_id: int | None = None
-        try:
+        return False
+    if version < latest:
+        pending = ", ".join(f"{number:04d}" for number in range(version + 1, latest + 1))
+        print(
+            f"{OK}database {path} (schema version {version} of {latest}: migrations "
+            f"{pending} pending, applied on the next start)"
+        )
+        return True
+    print(f"{OK}database {path} (schema version {version}, up to date)")
+    return True
+
+
+async def check_pixazo(settings: Settings, session: aiohttp.ClientSession) -> bool:
+    """Ask the gateway about a request that does not exist: free, and it tells whether the
+    key is accepted (404) or refused (401/403)."""
+    client = PixazoClient(
+        session, settings.PIXAZO_API_KEY.get_secret_value(), base_url=settings.PIXAZO_BASE_URL
+    )
+    try:
+        await client.status("kreabot-check-not-a-request")
+    except NotFound:
+        pass
+    except Unauthorized:
+        print(f"{FAIL}Pixazo refused PIXAZO_API_KEY: check the key at pixazo.ai")
+        return False
+    except PixazoError as exc:
+        print(
+            f"{UNKNOWN}could not verify PIXAZO_API_KEY: no usable answer from "
+            f"{settings.PIXAZO_BASE_URL} ({exc.message})"
+        )
+        return False
+    print(f"{OK}Pixazo key accepted by {settings.PIXAZO_BASE_URL}")
+    return True
+
+
+async def check_discord(settings: Settings) -> tuple[bool, int | None]:
+    """Log in over HTTP (no gateway session); (token verified, the application's id)."""
+    http = discord.http.HTTPClient(asyncio.get_running_loop())
+    app_id: int | None = None
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
             user = await http.static_login(settings.DISCORD_TOKEN.get_secret_value())
-            print(f"ok    Discord token accepted: logged in as {user['username']}")
-            # The invite names the application, whose id can differ from the bot user's.
-            with contextlib.suppress(
-                discord.HTTPException, aiohttp.ClientError, OSError, KeyError, ValueError
-            ):
+        print(f"{OK}Discord token accepted: logged in as {user['username']}")
+        # The invite names the application, whose id can differ from the bot user's.
+        with contextlib.suppress(
+            discord.HTTPException, aiohttp.ClientError, OSError, KeyError, ValueError
+        ):
+            async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
                 app_id = int((await http.application_info())["id"])
-        except discord.LoginFailure:
-            print("FAIL  Discord refused DISCORD_TOKEN: reset it in the developer portal")
-            failures += 1
-        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
-            print(f"??    could not reach Discord to check the token: {type(exc).__name__}")
-        finally:
-            await http.close()
+    except discord.LoginFailure:
+        print(f"{FAIL}Discord refused DISCORD_TOKEN: reset it in the developer portal")
+        return False, None
+    except TimeoutError:
+        print(
+            f"{UNKNOWN}could not verify DISCORD_TOKEN: Discord did not answer within "
+            f"{CHECK_TIMEOUT_SECONDS:.0f} s"
+        )
+        return False, None
+    except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        print(f"{UNKNOWN}could not verify DISCORD_TOKEN: no usable answer from Discord ({reason})")
+        return False, None
+    finally:
+        await http.close()
+    return True, app_id
+
+
+async def check(settings: Settings, *, offline: bool = False) -> int:
+    """Print one line per check: 0 when everything was verified, 1 when something failed
+    (``FAIL``) or could not be verified (``??``). Changes nothing anywhere."""
+    passed = [check_database(settings.DATABASE_PATH)]
+    app_id: int | None = None
+    if offline:
+        print(f"{SKIPPED}Pixazo key and Discord token not checked (--offline)")
+    else:
+        async with aiohttp.ClientSession() as session:
+            passed.append(await check_pixazo(settings, session))
+        discord_ok, app_id = await check_discord(settings)
+        passed.append(discord_ok)
     app_id = app_id or application_id_from_token(settings.DISCORD_TOKEN.get_secret_value())
     if app_id is None:
-        print("FAIL  DISCORD_TOKEN does not look like a bot token")
-        failures += 1
+        print(f"{FAIL}DISCORD_TOKEN does not look like a bot token")
+        passed.append(False)
     else:
-        print(f"ok    invite URL: {invite_url(app_id)}")
-    return 1 if failures else 0
+        print(f"{OK}invite URL: {invite_url(app_id)}")
+    return 0 if all(passed) else 1
 
 
 async def sync(settings: Settings, guild_id: int | None) -> int:
@@ -324,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description="Run kreabot.")
     parser.add_argument("command", nargs="?", default="run", choices=["run", "check", "sync"])
     parser.add_argument("--guild", type=int, help="with sync: register in this server only")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="with check: only the settings, the database and the invite URL (no network)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -341,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "check":
-            return asyncio.run(check(settings))
+            return asyncio.run(check(settings, offline=args.offline))
         if args.command == "sync":
             return asyncio.run(sync(settings, args.guild))
         asyncio.run(run(settings))

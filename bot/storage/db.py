@@ -31,6 +31,11 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
+def latest_schema_version() -> int:
+    """The schema version the newest migration brings a database to."""
+    return max((number for number, _ in _migrations()), default=0)
+
+
 class Database:
     """kreabot's database connection: reads, and writes each in one transaction."""
 

@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -655,15 +656,61 @@ async def run_healthcheck(port: int) -> int:
     return await asyncio.wait_for(process.wait(), 30.0)
 
 
-async def test_the_image_healthcheck_passes_only_when_the_bot_is_healthy(world: World) -> None:
+async def test_the_image_healthcheck_is_liveness_so_an_unready_bot_is_not_restarted(
+    world: World,
+) -> None:
     (code,) = [arg for arg in healthcheck_command() if "urlopen" in arg]
     compile(code, "HEALTHCHECK", "exec")  # valid Python
+    assert "/livez" in code
     port = free_port()
+    world.pixazo.set_balance(0)  # the wallet is empty: the breaker opens on the first job
     async with world.bot(HTTP_PORT=port, HTTP_HOST="127.0.0.1") as bot:
         assert await run_healthcheck(port) == 0
-        await bot.services.db.close()  # the database is gone: /healthz answers 503
-        assert await run_healthcheck(port) != 0
+        handle = await world.discord.slash("imagine", {"prompt": "a kite", "seed": 1})
+        await handle.wait_for_original(lambda m: "balance is empty" in m.content)
+        assert bot.services.runner.breaker.reason == "balance"
+        # Not ready (paused by the wallet, then without its database), yet alive: Docker
+        # must not restart it in a loop for what a restart cannot fix.
+        assert await readyz_status(port) == 503
+        assert await run_healthcheck(port) == 0
+        await bot.services.db.close()
+        assert await run_healthcheck(port) == 0
     assert await run_healthcheck(port) != 0  # nothing listens any more
+
+
+async def readyz_status(port: int) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+            return response.status
+
+
+async def test_the_image_healthcheck_fails_when_the_bot_process_is_frozen(tmp_path: Path) -> None:
+    port = free_port()
+    async with both_fakes() as (pixazo, discord_fake):
+        process = await BotProcess.start(
+            discord_fake,
+            pixazo,
+            tmp_path / "kreabot.sqlite3",
+            tmp_path / "run.log",
+            args=["run"],
+            cwd=tmp_path,
+            HTTP_PORT=str(port),
+            HTTP_HOST="127.0.0.1",
+        )
+        try:
+            deadline = asyncio.get_running_loop().time() + 20.0
+            while await run_healthcheck(port) != 0:  # starting
+                assert process.running(), process.log()
+                assert asyncio.get_running_loop().time() < deadline, process.log()
+                await asyncio.sleep(0.1)
+            os.kill(process.pid, signal.SIGSTOP)  # hung: the port is open, nothing answers
+            try:
+                assert await run_healthcheck(port) != 0  # the HEALTHCHECK's own timeout
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+            assert await run_healthcheck(port) == 0
+        finally:
+            await process.kill()
 
 
 def compose() -> dict[str, Any]:

@@ -50,8 +50,13 @@ EXPOSE 8080
 # SIGTERM: stop taking commands, let in-flight submits learn their request id (up to 10 s),
 # close the gateway and the database. Give it time: `stop_grace_period` in compose.
 STOPSIGNAL SIGTERM
+# Liveness, not readiness: /livez answers 200 whenever the process and its event loop do.
+# Docker restarts an unhealthy container (with `restart:`), and a restart fixes only a hung
+# process: an empty Pixazo wallet, a refused key or a Discord outage (what /readyz reports)
+# survive it, and restarting in a loop would only drop the jobs' progress edits and re-login
+# to Discord every few minutes. Watch /readyz and /metrics for those (deploy/rules.yml).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('HTTP_PORT', '8080') + '/healthz', timeout=4)"]
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('HTTP_PORT', '8080') + '/livez', timeout=4)"]
 CMD ["python", "-m", "bot", "run"]
 
 # Demo: the production image plus the fake Pixazo gateway (a test double, top-level

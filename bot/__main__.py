@@ -1,8 +1,10 @@
-"""``python -m bot [run | check | sync [--guild ID]]``: build the dependencies and act.
+"""``python -m bot [run | check [--offline] | sync [--guild ID]]``: build the dependencies and act.
 
 * ``run`` (default): run the bot until SIGTERM/SIGINT.
-* ``check``: validate the settings, open the database, ask Pixazo (free) whether the key
-  is accepted, ask Discord whether the token is, and print the invite URL.
+* ``check``: validate the settings, read the database (read-only: never created nor
+  migrated), ask Pixazo (free) whether the key is accepted, ask Discord whether the token
+  is, and print the invite URL. Exits 1 when something failed or could not be verified;
+  ``--offline`` skips Pixazo and Discord.
 * ``sync``: register the slash commands now (globally, or in one server with ``--guild``).
 """
 
@@ -14,11 +16,13 @@ import base64
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import aiohttp
 import discord
@@ -32,16 +36,16 @@ from bot.imaging import ImageWorker
 from bot.job_service import JobService
 from bot.logs import setup_logging
 from bot.maintenance import Maintenance
-from bot.metrics import Metrics
+from bot.metrics import Metrics, Snapshot
 from bot.pixazo import NotFound, PixazoClient, PixazoError, Unauthorized
 from bot.polling import RATE_HEADROOM, PollPlanner, PollSchedule
 from bot.runner import JobRunner
 from bot.services import Services
 from bot.settings import HINTS, Settings, SettingsError, load_settings
 from bot.storage.config import ConfigStore
-from bot.storage.db import Database, StorageError, open_database
-from bot.storage.jobs import JobRepository
-from bot.web import WebServer
+from bot.storage.db import Database, StorageError, latest_schema_version, open_database
+from bot.storage.jobs import ACTIVE_STATES, JobRepository
+from bot.web import Readiness, WebServer
 from bot.webhooks import webhook_url
 
 log = logging.getLogger("bot")
@@ -79,6 +83,13 @@ def invite_url(application_id: int) -> str:
     return discord.utils.oauth_url(application_id, permissions=PERMISSIONS, scopes=SCOPES)
 
 
+def shard_latencies(bot: discord.Client) -> list[tuple[int, float]]:
+    """(shard id, gateway heartbeat latency in seconds) of every shard the bot runs."""
+    if isinstance(bot, discord.AutoShardedClient):
+        return list(bot.latencies)
+    return [(bot.shard_id or 0, bot.latency)]
+
+
 def build_services(
     settings: Settings,
     *,
@@ -94,7 +105,13 @@ def build_services(
     jobs = JobRepository(db, clock)
     config = ConfigStore(db, clock)
     fair_use = FairUse(settings, config, clock)
-    metrics = Metrics()
+    metrics = Metrics(
+        max_in_flight=settings.MAX_CONCURRENT_JOBS,
+        status_polls_per_second=settings.STATUS_POLLS_PER_SECOND,
+    )
+    # discord.py makes its HTTP session when the bot logs in (after this): with this trace,
+    # every REST answer reaches the metrics (429s by route).
+    bot.http.http_trace = metrics.discord_trace()
     pixazo = PixazoClient(
         session, settings.PIXAZO_API_KEY.get_secret_value(), base_url=settings.PIXAZO_BASE_URL
     )
@@ -144,18 +161,36 @@ def build_services(
     web = None
     if settings.HTTP_PORT is not None:
 
-        async def health() -> dict[str, bool]:
-            return {"discord": bot.connected(), "database": await db.ping()}
+        async def readiness() -> Readiness:
+            return Readiness(
+                discord=bot.connected(),
+                database=await db.ping(),
+                breaker_reason=runner.breaker.reason,
+                shards=bot.shard_latencies(),
+            )
 
-        async def metrics_text() -> str:
-            return metrics.render(await jobs.count_by_state())
+        async def exposition(accept: str | None) -> tuple[bytes, str]:
+            try:
+                active: dict[str, int] | None = await jobs.count_in_states(ACTIVE_STATES)
+            except Exception as exc:  # the scrape still shows everything else
+                log.warning("metrics: the database did not answer: %r", exc)
+                active = None
+            snapshot = Snapshot(
+                active_jobs=active,
+                queue_depth=len(runner.admission.waiting()),
+                in_flight=runner.admission.in_flight(),
+                breaker_reason=runner.breaker.reason,
+                discord_connected=bot.connected(),
+                discord_latencies=shard_latencies(bot),
+            )
+            return metrics.render(snapshot, accept)
 
         secret = settings.WEBHOOK_SECRET
         web = WebServer(
             settings.HTTP_HOST,
             settings.HTTP_PORT,
-            health=health,
-            metrics_text=metrics_text,
+            readiness=readiness,
+            exposition=exposition,
             wake=runner.wake,
             metrics=metrics,
             webhook_secret=secret.get_secret_value() if secret else None,
@@ -226,56 +261,131 @@ async def shutdown(bot: KreaBot) -> None:
     await bot.close()
 
 
-async def check(settings: Settings) -> int:
-    """Print one line per check; 0 when everything is fine."""
-    failures = 0
+#: How ``check`` marks a line: verified, failed, could not be verified, not checked.
+OK, FAIL, UNKNOWN, SKIPPED = "ok    ", "FAIL  ", "??    ", "--    "
+#: How long ``check`` waits for Discord's answer.
+CHECK_TIMEOUT_SECONDS = 30.0
+
+
+def check_database(path: Path) -> bool:
+    """Report the database without creating, migrating or writing anything; True when the
+    bot can use it (a file not made yet counts: the first run creates it)."""
+    if str(path) == ":memory:":
+        print(f"{OK}database in memory (DATABASE_PATH=:memory:): nothing is kept between runs")
+        return True
+    if not path.exists():
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            print(f"{FAIL}database {path} does not exist and cannot be created: {DATABASE_HINT}")
+            return False
+        print(f"{OK}database {path} does not exist yet (created on first run)")
+        return True
+    # Read-only. A WAL database opened read-only gets -wal and -shm files when they are
+    # missing (which a root-owned check would leave, unreadable, to the bot): without them
+    # no bot has the database open, so it is read as an immutable file, creating nothing.
+    shared_memory = path.with_name(path.name + "-shm").exists()
+    uri = path.resolve().as_uri() + ("?mode=ro" if shared_memory else "?mode=ro&immutable=1")
     try:
-        db = await open_database(settings.DATABASE_PATH)
-    except (OSError, sqlite3.Error) as exc:
-        print(f"FAIL  database {settings.DATABASE_PATH} cannot be opened ({exc}): {DATABASE_HINT}")
-        failures += 1
-    else:
-        row = await db.fetchone("PRAGMA user_version")
-        await db.close()
-        print(f"ok    database {settings.DATABASE_PATH} (schema version {row[0] if row else '?'})")
-    async with aiohttp.ClientSession() as session:
-        client = PixazoClient(
-            session, settings.PIXAZO_API_KEY.get_secret_value(), base_url=settings.PIXAZO_BASE_URL
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+            version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+            connection.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        print(f"{FAIL}database {path} cannot be read ({exc}): {DATABASE_HINT}")
+        return False
+    latest = latest_schema_version()
+    if version > latest:
+        print(
+            f"{FAIL}database {path} has schema version {version}, newer than this kreabot "
+            f"knows ({latest}): a newer release wrote it; run that release"
         )
-        try:
-            await client.status("kreabot-check-not-a-request")
-            print(f"ok    Pixazo key accepted by {settings.PIXAZO_BASE_URL}")
-        except NotFound:
-            print(f"ok    Pixazo key accepted by {settings.PIXAZO_BASE_URL}")
-        except Unauthorized:
-            print("FAIL  Pixazo refused PIXAZO_API_KEY: check the key at pixazo.ai")
-            failures += 1
-        except PixazoError as exc:
-            print(f"??    could not tell whether the Pixazo key is accepted: {exc.message}")
-        http = discord.http.HTTPClient(asyncio.get_running_loop())
-        app_id: int | None = None
-        try:
+        return False
+    if version < latest:
+        pending = ", ".join(f"{number:04d}" for number in range(version + 1, latest + 1))
+        print(
+            f"{OK}database {path} (schema version {version} of {latest}: migrations "
+            f"{pending} pending, applied on the next start)"
+        )
+        return True
+    print(f"{OK}database {path} (schema version {version}, up to date)")
+    return True
+
+
+async def check_pixazo(settings: Settings, session: aiohttp.ClientSession) -> bool:
+    """Ask the gateway about a request that does not exist: free, and it tells whether the
+    key is accepted (404) or refused (401/403)."""
+    client = PixazoClient(
+        session, settings.PIXAZO_API_KEY.get_secret_value(), base_url=settings.PIXAZO_BASE_URL
+    )
+    try:
+        await client.status("kreabot-check-not-a-request")
+    except NotFound:
+        pass
+    except Unauthorized:
+        print(f"{FAIL}Pixazo refused PIXAZO_API_KEY: check the key at pixazo.ai")
+        return False
+    except PixazoError as exc:
+        print(
+            f"{UNKNOWN}could not verify PIXAZO_API_KEY: no usable answer from "
+            f"{settings.PIXAZO_BASE_URL} ({exc.message})"
+        )
+        return False
+    print(f"{OK}Pixazo key accepted by {settings.PIXAZO_BASE_URL}")
+    return True
+
+
+async def check_discord(settings: Settings) -> tuple[bool, int | None]:
+    """Log in over HTTP (no gateway session); (token verified, the application's id)."""
+    http = discord.http.HTTPClient(asyncio.get_running_loop())
+    app_id: int | None = None
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
             user = await http.static_login(settings.DISCORD_TOKEN.get_secret_value())
-            print(f"ok    Discord token accepted: logged in as {user['username']}")
-            # The invite names the application, whose id can differ from the bot user's.
-            with contextlib.suppress(
-                discord.HTTPException, aiohttp.ClientError, OSError, KeyError, ValueError
-            ):
+        print(f"{OK}Discord token accepted: logged in as {user['username']}")
+        # The invite names the application, whose id can differ from the bot user's.
+        with contextlib.suppress(
+            discord.HTTPException, aiohttp.ClientError, OSError, KeyError, ValueError
+        ):
+            async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
                 app_id = int((await http.application_info())["id"])
-        except discord.LoginFailure:
-            print("FAIL  Discord refused DISCORD_TOKEN: reset it in the developer portal")
-            failures += 1
-        except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
-            print(f"??    could not reach Discord to check the token: {type(exc).__name__}")
-        finally:
-            await http.close()
+    except discord.LoginFailure:
+        print(f"{FAIL}Discord refused DISCORD_TOKEN: reset it in the developer portal")
+        return False, None
+    except TimeoutError:
+        print(
+            f"{UNKNOWN}could not verify DISCORD_TOKEN: Discord did not answer within "
+            f"{CHECK_TIMEOUT_SECONDS:.0f} s"
+        )
+        return False, None
+    except (discord.HTTPException, aiohttp.ClientError, OSError) as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        print(f"{UNKNOWN}could not verify DISCORD_TOKEN: no usable answer from Discord ({reason})")
+        return False, None
+    finally:
+        await http.close()
+    return True, app_id
+
+
+async def check(settings: Settings, *, offline: bool = False) -> int:
+    """Print one line per check: 0 when everything was verified, 1 when something failed
+    (``FAIL``) or could not be verified (``??``). Changes nothing anywhere."""
+    passed = [check_database(settings.DATABASE_PATH)]
+    app_id: int | None = None
+    if offline:
+        print(f"{SKIPPED}Pixazo key and Discord token not checked (--offline)")
+    else:
+        async with aiohttp.ClientSession() as session:
+            passed.append(await check_pixazo(settings, session))
+        discord_ok, app_id = await check_discord(settings)
+        passed.append(discord_ok)
     app_id = app_id or application_id_from_token(settings.DISCORD_TOKEN.get_secret_value())
     if app_id is None:
-        print("FAIL  DISCORD_TOKEN does not look like a bot token")
-        failures += 1
+        print(f"{FAIL}DISCORD_TOKEN does not look like a bot token")
+        passed.append(False)
     else:
-        print(f"ok    invite URL: {invite_url(app_id)}")
-    return 1 if failures else 0
+        print(f"{OK}invite URL: {invite_url(app_id)}")
+    return 0 if all(passed) else 1
 
 
 async def sync(settings: Settings, guild_id: int | None) -> int:
@@ -294,6 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bot", description="Run kreabot.")
     parser.add_argument("command", nargs="?", default="run", choices=["run", "check", "sync"])
     parser.add_argument("--guild", type=int, help="with sync: register in this server only")
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="with check: only the settings, the database and the invite URL (no network)",
+    )
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -311,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         if args.command == "check":
-            return asyncio.run(check(settings))
+            return asyncio.run(check(settings, offline=args.offline))
         if args.command == "sync":
             return asyncio.run(sync(settings, args.guild))
         asyncio.run(run(settings))

@@ -193,6 +193,8 @@ class JobRunner:
         if task is not None:
             task.cancel()
         await self.repo.update(job, state=JobState.CANCELLED, finished_at=self._clock())
+        if self.metrics is not None:
+            self.metrics.job_finished(JobState.CANCELLED)
         return True
 
     async def resume(self) -> list[Job]:
@@ -556,6 +558,8 @@ class JobRunner:
     async def _completed(self, job: Job, published: Published) -> None:
         """Record a publication: every job it shows is completed."""
         await self.repo.complete(published.job_ids, published.message_id)
+        if self.metrics is not None:
+            self.metrics.job_finished(JobState.COMPLETED, count=len(published.job_ids))
         if job.id in published.job_ids:
             job.state, job.result_message_id = JobState.COMPLETED, published.message_id
         log.info(
@@ -598,6 +602,8 @@ class JobRunner:
         await self._notify_failure(job, failure)
 
     async def _notify_failure(self, job: Job, failure: Failure) -> None:
+        if self.metrics is not None:
+            self.metrics.job_finished(job.state, job.error_kind)
         try:
             published = await self.observer.job_failed(job, failure)
         except asyncio.CancelledError:

@@ -5,9 +5,9 @@ hands it to the thin :class:`~bot.app.KreaBot`. Each cog's ``setup`` picks the f
 it uses; no service reaches through the bot to another.
 
 :meth:`Services.start` runs once the bot is logged in (REST works): the HTTP server, the
-unfinished jobs, housekeeping and the command sync (in the background, so a slow or rate
-limited sync never holds up the login). :meth:`Services.stop` undoes it before the
-gateway closes.
+unfinished jobs, housekeeping, the event-loop lag monitor and the command sync (in the
+background, so a slow or rate limited sync never holds up the login). :meth:`Services.stop`
+undoes it before the gateway closes.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ class Services:
     _sync_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Serve HTTP, resume unfinished jobs, start housekeeping and the command sync."""
+        """Serve HTTP, resume unfinished jobs, start housekeeping, the loop-lag monitor and the
+        command sync."""
         if self.web is not None:
             await self.web.start()
         if self.poll_planner is not None:
@@ -78,6 +79,9 @@ class Services:
             log.info("resumed %d unfinished job(s)", len(resumed))
         self._tasks.append(
             asyncio.create_task(self.maintenance.run(self.ready), name="maintenance")
+        )
+        self._tasks.append(
+            asyncio.create_task(self.metrics.watch_event_loop(), name="event-loop-lag")
         )
         if self.sync_on_start:
             self._sync_task = asyncio.create_task(self._sync(), name="command-sync")

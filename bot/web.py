@@ -1,7 +1,14 @@
-"""The optional embedded HTTP server: /healthz, /metrics and the Pixazo webhook receiver.
+"""The optional embedded HTTP server: health, /metrics and the Pixazo webhook receiver.
 
-It holds no service: it is handed the few callables it needs (is the bot healthy, the
-metrics text, wake a job) when it is built in ``bot/__main__.py``.
+It holds no service: it is handed the few callables it needs (how ready the bot is, the
+metrics exposition, wake a job) when it is built in ``bot/__main__.py``.
+
+* ``/livez``: 200 whenever the process and its event loop answer; nothing else is checked.
+  What a supervisor (Docker's HEALTHCHECK) restarts on: restarting cannot fix anything
+  ``/readyz`` reports (Discord being down, an empty wallet).
+* ``/readyz``: 200 only when connected to Discord, the database answers and the breaker is
+  closed (submissions flow), else 503; the JSON body shows every check either way.
+* ``/healthz``: the same as ``/readyz`` (its name before ``/livez`` and ``/readyz`` existed).
 """
 
 from __future__ import annotations
@@ -10,6 +17,8 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -18,11 +27,7 @@ from bot.webhooks import WEBHOOK_PATH, verify
 
 log = logging.getLogger(__name__)
 
-#: The text exposition format, as Prometheus asks for it.
-PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-#: Each check /healthz reports, by name: True when it passes.
-HealthChecks = Callable[[], Awaitable[dict[str, bool]]]
 #: Refused webhook calls an address may make in a burst, and how fast that allowance comes
 #: back (per second). Pixazo's genuine callbacks are never refused, so they cost nothing.
 REFUSED_BURST, REFUSED_PER_SECOND = 20.0, 1.0
@@ -84,6 +89,42 @@ class SampledLog:
             self.skipped += 1
 
 
+@dataclass(frozen=True)
+class Readiness:
+    """What ``/readyz`` checks, read when it is asked."""
+
+    discord: bool
+    database: bool
+    #: Why submissions are paused (``balance``, ``outage``, ``unauthorized``), None if not.
+    breaker_reason: str | None
+    #: The gateway shards this process runs, with their latency in seconds.
+    shards: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the bot can take and make images now."""
+        return self.discord and self.database and self.breaker_reason is None
+
+    def body(self) -> dict[str, Any]:
+        """The JSON ``/readyz`` answers with."""
+        return {
+            "status": "ok" if self.ready else "unavailable",
+            "discord": self.discord,
+            "database": self.database,
+            "breaker": {"open": self.breaker_reason is not None, "reason": self.breaker_reason},
+            "shards": {
+                str(shard): {"latency_seconds": round(latency, 4) if latency == latency else None}
+                for shard, latency in sorted(self.shards.items())
+            },
+        }
+
+
+#: Reads the bot's readiness.
+ReadinessCheck = Callable[[], Awaitable[Readiness]]
+#: The metrics exposition for a scraper's ``Accept`` header: (body, content type).
+Exposition = Callable[[str | None], Awaitable[tuple[bytes, str]]]
+
+
 class WebServer:
     """Serves health, metrics and webhooks."""
 
@@ -92,16 +133,16 @@ class WebServer:
         host: str,
         port: int,
         *,
-        health: HealthChecks,
-        metrics_text: Callable[[], Awaitable[str]],
+        readiness: ReadinessCheck,
+        exposition: Exposition,
         wake: Callable[[int], bool],
         metrics: Metrics,
         webhook_secret: str | None = None,
     ) -> None:
         self.host = host
         self.port = port
-        self._health = health
-        self._metrics_text = metrics_text
+        self._readiness = readiness
+        self._exposition = exposition
         self._wake = wake
         self._metrics = metrics
         self._secret = webhook_secret
@@ -109,7 +150,9 @@ class WebServer:
         self._refused_log = SampledLog()
         self._runner: web.AppRunner | None = None
         self.app = web.Application(client_max_size=1024 * 1024)
-        self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_get("/livez", self.livez)
+        self.app.router.add_get("/readyz", self.readyz)
+        self.app.router.add_get("/healthz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
         self.app.router.add_post(WEBHOOK_PATH, self.webhook)
 
@@ -130,34 +173,37 @@ class WebServer:
             await self._runner.cleanup()
             self._runner = None
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        """200 when every check passes (connected to Discord, the database answers), else 503."""
-        checks = await self._health()
-        ok = all(checks.values())
-        body = {"status": "ok" if ok else "unavailable", **checks}
-        return web.json_response(body, status=200 if ok else 503)
+    async def livez(self, request: web.Request) -> web.Response:
+        """200: the process is alive and its event loop runs this handler."""
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """200 when connected to Discord, the database answers and the breaker is closed;
+        else 503. The body shows each check and the breaker's reason."""
+        readiness = await self._readiness()
+        return web.json_response(readiness.body(), status=200 if readiness.ready else 503)
 
     async def metrics(self, request: web.Request) -> web.Response:
-        """Prometheus text format."""
-        text = await self._metrics_text()
-        return web.Response(text=text, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+        """The Prometheus exposition (OpenMetrics when the scraper asks for it)."""
+        body, content_type = await self._exposition(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def webhook(self, request: web.Request) -> web.Response:
         """A Pixazo callback. Trusts nothing but the token: the runner confirms by polling."""
         address = request.remote or "?"
         if self._refusals.exhausted(address):
-            self._metrics.webhooks["throttled"] += 1
+            self._metrics.webhook("throttled")
             return web.Response(status=429, headers={"Retry-After": "60"})
         raw_id, token = request.match_info["job_id"], request.match_info["token"]
         job_id = verify(self._secret, raw_id, token)
         if job_id is None:
             self._refusals.spend(address)
-            self._metrics.webhooks["forged"] += 1
+            self._metrics.webhook("forged")
             self._refused_log.warning(
                 "ignored a webhook with a bad token for job %r from %s", raw_id[:40], address
             )
             return web.Response(status=404)
         woken = self._wake(job_id)
-        self._metrics.webhooks["woke" if woken else "ignored"] += 1
+        self._metrics.webhook("woke" if woken else "ignored")
         log.info("job %s: webhook received (%s)", job_id, "woke" if woken else "not running")
         return web.Response(status=200, text="ok")

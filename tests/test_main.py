@@ -25,7 +25,9 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import zipfile
@@ -40,6 +42,7 @@ import yaml
 
 from bot import settings as bot_config
 from bot.settings import Settings
+from bot.storage.db import latest_schema_version, open_database
 from fake_pixazo import FakePixazo
 from fake_pixazo.__main__ import build_parser as fake_pixazo_parser
 from tests.fake_discord import FakeDiscord
@@ -187,6 +190,8 @@ def test_check_reads_dotenv_from_the_working_directory(tmp_path: Path) -> None:
 
 
 async def test_check_with_good_settings_prints_the_invite_url(tmp_path: Path) -> None:
+    database = tmp_path / "kreabot.sqlite3"
+    await (await open_database(database)).close()  # the bot ran here before
     async with both_fakes() as (pixazo, discord_fake):
         # An old bot: its user id (in the token) is not its application id (in the invite).
         token = bot_token(discord_fake.application_id - 1)
@@ -197,7 +202,8 @@ async def test_check_with_good_settings_prints_the_invite_url(tmp_path: Path) ->
         assert code == 0, output
         app_id = discord_fake.application_id
         lines = output.splitlines()
-        assert lines[0] == (f"ok    database {tmp_path / 'kreabot.sqlite3'} (schema version 5)"), (
+        latest = latest_schema_version()
+        assert lines[0] == f"ok    database {database} (schema version {latest}, up to date)", (
             output
         )
         assert lines[1] == f"ok    Pixazo key accepted by {pixazo.base_url}"
@@ -252,6 +258,159 @@ async def test_check_reports_a_database_it_cannot_open(tmp_path: Path) -> None:
     assert line.startswith("FAIL  database ") and "DATABASE_PATH" in line
     assert "Traceback" not in output
     assert "ok    Pixazo key accepted" in output  # the other checks still ran
+
+
+@pytest.mark.parametrize("fault", ["unreachable", "a 500"])
+async def test_check_fails_when_it_cannot_verify_the_pixazo_key(tmp_path: Path, fault: str) -> None:
+    async with both_fakes() as (pixazo, discord_fake):
+        settings = {}
+        if fault == "unreachable":
+            settings["PIXAZO_BASE_URL"] = f"http://127.0.0.1:{free_port()}"
+        else:
+            pixazo.fail_next("status", status=500)
+        code, output = await run_against_fakes(
+            pixazo, discord_fake, tmp_path, ["check"], **settings
+        )
+
+    assert code == 1, output
+    (line,) = [line for line in output.splitlines() if "PIXAZO_API_KEY" in line]
+    assert line.startswith("??    could not verify PIXAZO_API_KEY: no usable answer from "), line
+    # The other checks still ran and passed.
+    assert "ok    Discord token accepted" in output
+    assert "ok    invite URL: " in output
+    assert API_KEY not in output and "Traceback" not in output
+
+
+async def test_check_fails_when_it_cannot_reach_discord(tmp_path: Path) -> None:
+    async with both_fakes() as (pixazo, discord_fake):
+        nowhere = f"http://127.0.0.1:{free_port()}/api/v10"  # nothing listens there
+        code, output = await run_against_fakes(
+            pixazo, discord_fake, tmp_path, ["check"], FAKE_DISCORD_API=nowhere
+        )
+
+    assert code == 1, output
+    (line,) = [line for line in output.splitlines() if "DISCORD_TOKEN" in line]
+    assert line.startswith("??    could not verify DISCORD_TOKEN: no usable answer from Discord"), (
+        line
+    )
+    assert f"ok    Pixazo key accepted by {pixazo.base_url}" in output
+    # The invite URL still comes from the token.
+    app_id = discord_fake.application_id
+    assert f"ok    invite URL: https://discord.com/oauth2/authorize?client_id={app_id}&" in output
+    assert bot_token(app_id) not in output and "Traceback" not in output
+
+
+async def test_check_offline_reads_the_database_of_a_running_bot_and_asks_nobody(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "kreabot.sqlite3"
+    db = await open_database(database)  # a bot has it open (WAL: its -wal and -shm exist)
+    try:
+        async with both_fakes() as (pixazo, discord_fake):
+            code, output = await run_against_fakes(
+                pixazo, discord_fake, tmp_path, ["check", "--offline"]
+            )
+            assert pixazo.requests == [] and discord_fake.requests == []
+            app_id = discord_fake.application_id
+    finally:
+        await db.close()
+
+    assert code == 0, output
+    assert output.splitlines() == [
+        f"ok    database {database} (schema version {latest_schema_version()}, up to date)",
+        "--    Pixazo key and Discord token not checked (--offline)",
+        f"ok    invite URL: https://discord.com/oauth2/authorize?client_id={app_id}"
+        f"&scope=bot+applications.commands&permissions={PERMISSIONS}",
+    ]
+
+
+# -- python -m bot check: the database is read, never created or migrated ----------------------
+
+
+def offline_check(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
+    """``python -m bot check --offline`` with valid secrets and ``settings``."""
+    return run_bot_command(
+        ["check", "--offline"],
+        tmp_path,
+        DISCORD_TOKEN=bot_token(1234567890123),
+        PIXAZO_API_KEY=API_KEY,
+        LOG_LEVEL="WARNING",
+        **settings,
+    )
+
+
+def database_at_version(path: Path, version: int) -> None:
+    """A database as an older kreabot left it: the first migrations, up to ``version``."""
+    folder = REPO_ROOT / "bot" / "storage" / "migrations"
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("PRAGMA journal_mode=WAL")
+        for script in sorted(folder.glob("*.sql")):
+            if int(script.name[:4]) <= version:
+                connection.executescript(script.read_text(encoding="utf-8"))
+        connection.execute(f"PRAGMA user_version = {version}")
+        connection.commit()
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` and its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_check_does_not_create_a_missing_database(tmp_path: Path) -> None:
+    result = offline_check(tmp_path)  # DATABASE_PATH: data/kreabot.sqlite3 by default
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0] == (
+        "ok    database data/kreabot.sqlite3 does not exist yet (created on first run)"
+    )
+    assert list(tmp_path.iterdir()) == [], "check created something"
+
+
+def test_check_reports_pending_migrations_without_applying_them(tmp_path: Path) -> None:
+    latest = latest_schema_version()
+    database = tmp_path / "kreabot.sqlite3"
+    database_at_version(database, latest - 1)
+    before = snapshot(tmp_path)
+
+    result = offline_check(tmp_path, DATABASE_PATH=str(database))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0] == (
+        f"ok    database {database} (schema version {latest - 1} of {latest}: migrations "
+        f"{latest:04d} pending, applied on the next start)"
+    )
+    assert snapshot(tmp_path) == before, "check wrote to the database or left files beside it"
+
+
+def test_check_fails_on_a_database_from_a_newer_kreabot(tmp_path: Path) -> None:
+    latest = latest_schema_version()
+    database = tmp_path / "kreabot.sqlite3"
+    database_at_version(database, latest)
+    with contextlib.closing(sqlite3.connect(database)) as connection:
+        connection.execute(f"PRAGMA user_version = {latest + 1}")
+
+    result = offline_check(tmp_path, DATABASE_PATH=str(database))
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stdout.splitlines()[0] == (
+        f"FAIL  database {database} has schema version {latest + 1}, newer than this kreabot "
+        f"knows ({latest}): a newer release wrote it; run that release"
+    )
+
+
+@pytest.mark.parametrize("kind", ["under a file", "not a database"])
+def test_check_fails_on_a_database_path_the_bot_could_not_use(tmp_path: Path, kind: str) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder, not a database")
+    database = blocker / "kreabot.sqlite3" if kind == "under a file" else blocker
+
+    result = offline_check(tmp_path, DATABASE_PATH=str(database))
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    line = result.stdout.splitlines()[0]
+    assert line.startswith(f"FAIL  database {database} ") and "DATABASE_PATH" in line, line
+    assert blocker.read_text() == "not a folder, not a database"
+    assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
 
 
 # -- python -m bot sync -----------------------------------------------------------------------
@@ -497,15 +656,61 @@ async def run_healthcheck(port: int) -> int:
     return await asyncio.wait_for(process.wait(), 30.0)
 
 
-async def test_the_image_healthcheck_passes_only_when_the_bot_is_healthy(world: World) -> None:
+async def test_the_image_healthcheck_is_liveness_so_an_unready_bot_is_not_restarted(
+    world: World,
+) -> None:
     (code,) = [arg for arg in healthcheck_command() if "urlopen" in arg]
     compile(code, "HEALTHCHECK", "exec")  # valid Python
+    assert "/livez" in code
     port = free_port()
+    world.pixazo.set_balance(0)  # the wallet is empty: the breaker opens on the first job
     async with world.bot(HTTP_PORT=port, HTTP_HOST="127.0.0.1") as bot:
         assert await run_healthcheck(port) == 0
-        await bot.services.db.close()  # the database is gone: /healthz answers 503
-        assert await run_healthcheck(port) != 0
+        handle = await world.discord.slash("imagine", {"prompt": "a kite", "seed": 1})
+        await handle.wait_for_original(lambda m: "balance is empty" in m.content)
+        assert bot.services.runner.breaker.reason == "balance"
+        # Not ready (paused by the wallet, then without its database), yet alive: Docker
+        # must not restart it in a loop for what a restart cannot fix.
+        assert await readyz_status(port) == 503
+        assert await run_healthcheck(port) == 0
+        await bot.services.db.close()
+        assert await run_healthcheck(port) == 0
     assert await run_healthcheck(port) != 0  # nothing listens any more
+
+
+async def readyz_status(port: int) -> int:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+            return response.status
+
+
+async def test_the_image_healthcheck_fails_when_the_bot_process_is_frozen(tmp_path: Path) -> None:
+    port = free_port()
+    async with both_fakes() as (pixazo, discord_fake):
+        process = await BotProcess.start(
+            discord_fake,
+            pixazo,
+            tmp_path / "kreabot.sqlite3",
+            tmp_path / "run.log",
+            args=["run"],
+            cwd=tmp_path,
+            HTTP_PORT=str(port),
+            HTTP_HOST="127.0.0.1",
+        )
+        try:
+            deadline = asyncio.get_running_loop().time() + 20.0
+            while await run_healthcheck(port) != 0:  # starting
+                assert process.running(), process.log()
+                assert asyncio.get_running_loop().time() < deadline, process.log()
+                await asyncio.sleep(0.1)
+            os.kill(process.pid, signal.SIGSTOP)  # hung: the port is open, nothing answers
+            try:
+                assert await run_healthcheck(port) != 0  # the HEALTHCHECK's own timeout
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+            assert await run_healthcheck(port) == 0
+        finally:
+            await process.kill()
 
 
 def compose() -> dict[str, Any]:

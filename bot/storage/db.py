@@ -64,6 +64,11 @@ def _translated() -> Iterator[None]:
         raise storage_error(exc) from exc
 
 
+def latest_schema_version() -> int:
+    """The schema version the newest migration brings a database to."""
+    return max((number for number, _ in _migrations()), default=0)
+
+
 class Database:
     """kreabot's database connection: reads, and writes each in one transaction.
 

@@ -465,6 +465,13 @@ class JobRepository:
         rows = await self._db.fetchall("SELECT state, COUNT(*) FROM jobs GROUP BY state")
         return {str(row[0]): int(row[1]) for row in rows}
 
+    async def count_in_states(self, states: Iterable[JobState]) -> dict[str, int]:
+        """How many jobs are in each of ``states`` (read through the state index)."""
+        names = [s.value for s in states]
+        marks = ", ".join("?" for _ in names)
+        sql = f"SELECT state, COUNT(*) FROM jobs WHERE state IN ({marks}) GROUP BY state"
+        return {str(row[0]): int(row[1]) for row in await self._db.fetchall(sql, names)}
+
     async def prune_guild(self, guild_id: int, before: float) -> int:
         """Delete a server's finished jobs created before ``before``; returns how many."""
         names = ", ".join(f"'{state.value}'" for state in FINAL_STATES)

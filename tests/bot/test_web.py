@@ -1,4 +1,4 @@
-"""The embedded HTTP server: /healthz, /metrics and the Pixazo webhook receiver.
+"""The embedded HTTP server: /livez, /readyz (/healthz), /metrics and the Pixazo webhooks.
 
 The real bot runs against both fakes with its HTTP server on a free loopback port; in
 webhook mode the fake gateway calls that server back when a job ends, exactly as Pixazo
@@ -9,13 +9,24 @@ every webhook happened, so "no poll before the webhook" is read from its records
 from __future__ import annotations
 
 import asyncio
+import json
+import platform
 import re
 import socket
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import discord
 import pytest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families
 
 from bot.__main__ import build_services
 from bot.app import KreaBot
@@ -91,20 +102,46 @@ def test_webhook_token_is_an_hmac_of_the_job_id_that_reveals_no_secret() -> None
     assert SECRET not in url
 
 
-# -- /healthz ---------------------------------------------------------------------------------
+# -- /livez, /readyz, /healthz ----------------------------------------------------------------
+
+READY = {
+    "status": "ok",
+    "discord": True,
+    "database": True,
+    "breaker": {"open": False, "reason": None},
+}
 
 
-async def test_healthz_is_200_when_connected_and_the_database_answers(world: World) -> None:
+async def health(port: int) -> dict[str, tuple[int, Any]]:
+    """GET /livez, /readyz and /healthz: {path: (status, JSON body)}; the shards of /readyz
+    (with their live latency) apart, under "shards"."""
+    answers: dict[str, tuple[int, Any]] = {}
+    for path in ("/livez", "/readyz", "/healthz"):
+        status, content_type, body = await http("GET", f"http://127.0.0.1:{port}{path}")
+        assert content_type.startswith("application/json"), (path, content_type)
+        answers[path] = (status, json.loads(body))
+    shards = answers["/readyz"][1].pop("shards", None)
+    answers["/healthz"][1].pop("shards", None)
+    assert answers["/healthz"] == answers["/readyz"], "/healthz is an alias of /readyz"
+    assert isinstance(shards, dict)
+    answers["shards"] = (0, shards)
+    return answers
+
+
+async def test_live_and_ready_when_connected_the_database_answers_and_the_breaker_is_closed(
+    world: World,
+) -> None:
     port = free_port()
     async with world.bot(HTTP_PORT=port, HTTP_HOST="127.0.0.1"):
-        status, content_type, body = await http("GET", f"http://127.0.0.1:{port}/healthz")
+        answers = await health(port)
 
-    assert status == 200
-    assert content_type.startswith("application/json")
-    assert body == '{"status": "ok", "discord": true, "database": true}'
+    assert answers["/livez"] == (200, {"status": "ok"})
+    assert answers["/readyz"] == (200, READY)
+    (shard,) = answers["shards"][1].items()  # the one shard this process runs, and its latency
+    assert shard[0] == "0" and shard[1]["latency_seconds"] >= 0
 
 
-async def test_healthz_is_503_before_discord_and_without_the_database(world: World) -> None:
+async def test_before_discord_and_without_the_database_alive_but_not_ready(world: World) -> None:
     db = await open_database(world.db_path)
     async with aiohttp.ClientSession() as session:
         settings = world.settings(HTTP_PORT=free_port(), HTTP_HOST="127.0.0.1")
@@ -113,72 +150,255 @@ async def test_healthz_is_503_before_discord_and_without_the_database(world: Wor
         assert server is not None
         await server.start()
         try:
-            url = f"http://127.0.0.1:{server.port}/healthz"
-            status, _, body = await http("GET", url)
-            assert status == 503
-            assert body == '{"status": "unavailable", "discord": false, "database": true}'
+            answers = await health(server.port)
+            assert answers["/livez"] == (200, {"status": "ok"})
+            assert answers["/readyz"] == (503, {**READY, "status": "unavailable", "discord": False})
 
             await db.close()
-            status, _, body = await http("GET", url)
-            assert status == 503
-            assert body == '{"status": "unavailable", "discord": false, "database": false}'
+            answers = await health(server.port)
+            assert answers["/livez"] == (200, {"status": "ok"})
+            assert answers["/readyz"] == (
+                503,
+                {**READY, "status": "unavailable", "discord": False, "database": False},
+            )
+            # /metrics still answers, saying the database did not.
+            samples = await scrape(server.port)
+            assert samples.value("kreabot_database_up") == 0
+            assert samples.labelled("kreabot_active_jobs") == {}
+            assert samples.value("kreabot_discord_connected") == 0
         finally:
             await server.close()
             await bot.close()
 
 
+async def test_while_the_discord_connection_is_down_alive_but_not_ready(world: World) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/readyz"
+    async with world.bot(HTTP_PORT=port, HTTP_HOST="127.0.0.1"):
+        assert (await health(port))["/readyz"][0] == 200
+        await world.discord.close()  # Discord is gone: the bot retries, /readyz says so
+        await eventually_http(url, 503)
+        answers = await health(port)
+        samples = await scrape(port)
+
+    assert answers["/readyz"] == (503, {**READY, "status": "unavailable", "discord": False})
+    assert answers["/livez"] == (200, {"status": "ok"})
+    assert samples.value("kreabot_discord_connected") == 0
+
+
+async def test_an_empty_wallet_opens_the_breaker_not_ready_but_alive_until_topped_up(
+    world: World,
+) -> None:
+    port = free_port()
+    world.pixazo.set_balance(0)  # every submit answers 402
+    async with world.bot(HTTP_PORT=port, HTTP_HOST="127.0.0.1", BREAKER_PROBE_SECONDS=0.5):
+        handle = await world.imagine(prompt=PROMPT, seed=2)
+        await handle.wait_for_original(lambda m: "balance is empty" in m.content)
+        paused = await health(port)
+        waiting = await scrape_until(
+            port,
+            lambda m: (
+                m.value("kreabot_queue_depth") == 1
+                and m.value("kreabot_active_jobs", state="pending") == 1
+            ),
+        )
+
+        world.pixazo.set_balance(None)  # an admin topped the wallet up
+        await world.result_of(handle)
+        await bot_idle(port)
+        resumed = await health(port)
+        done = await scrape(port)
+
+    assert paused["/readyz"] == (
+        503,
+        {**READY, "status": "unavailable", "breaker": {"open": True, "reason": "balance"}},
+    )
+    assert paused["/livez"] == (200, {"status": "ok"})
+    assert waiting.labelled("kreabot_breaker_open") == {
+        "balance": 1,
+        "outage": 0,
+        "unauthorized": 0,
+    }
+    assert waiting.value("kreabot_jobs_completed_total") == 0
+    assert waiting.value("kreabot_pixazo_errors_total", call="submit", status="402") >= 1
+    assert resumed["/readyz"] == (200, READY)
+    assert set(done.labelled("kreabot_breaker_open").values()) == {0}
+    assert done.value("kreabot_jobs_completed_total") == 1
+    assert done.value("kreabot_queue_depth") == 0
+
+
 # -- /metrics ---------------------------------------------------------------------------------
 
-SAMPLE = re.compile(
-    r'^(?P<name>[a-z_]+)(?:\{(?P<labels>[a-z_]+="[^"]*")\})? (?P<value>[0-9.e+-]+)$'
-)
+
+@dataclass
+class Scrape:
+    """One /metrics answer, parsed by prometheus_client's own parser."""
+
+    content_type: str
+    text: str
+    families: dict[str, Metric]
+
+    def value(self, sample: str, **labels: str) -> float:
+        """The value of the one sample named ``sample`` with exactly these labels."""
+        found = [
+            s.value
+            for family in self.families.values()
+            for s in family.samples
+            if s.name == sample and s.labels == labels
+        ]
+        assert len(found) == 1, f"{sample}{labels}: {found}"
+        return found[0]
+
+    def labelled(self, family: str, label: str | None = None) -> dict[str, float]:
+        """{label value: sample value} of a family with one label (besides ``le``)."""
+        result = {}
+        for s in self.families[family].samples if family in self.families else []:
+            ((_, value),) = [(k, v) for k, v in s.labels.items() if label in (None, k)]
+            result[value] = s.value
+        return result
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text exposition -> {'name{label="v"}': value}, checking its grammar."""
-    samples: dict[str, float] = {}
-    families: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.startswith("# HELP "):
-            continue
-        if line.startswith("# TYPE "):
-            _, _, name, kind = line.split(" ")
-            assert kind in ("counter", "gauge", "histogram"), line
-            families[name] = kind
-            continue
-        match = SAMPLE.match(line)
-        assert match, f"not a Prometheus sample: {line!r}"
-        name = match["name"]
-        family = re.sub(r"_(bucket|sum|count)$", "", name) if name not in families else name
-        assert family in families, f"{name} has no # TYPE"
-        key = f"{name}{{{match['labels']}}}" if match["labels"] else name
-        samples[key] = float(match["value"])
-    return samples
+async def scrape(port: int, accept: str | None = None) -> Scrape:
+    """GET /metrics and parse it."""
+    headers = {"Accept": accept} if accept else {}
+    status, content_type, text = await http(
+        "GET", f"http://127.0.0.1:{port}/metrics", headers=headers
+    )
+    assert status == 200, text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    return Scrape(content_type, text, families)
 
 
-async def test_metrics_expose_jobs_latencies_and_gateway_errors(world: World) -> None:
+async def scrape_until(port: int, check: Any, within: float = 5.0) -> Scrape:
+    """Scrape until ``check(scrape)`` holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        found = await scrape(port)
+        if check(found):
+            return found
+        if loop.time() > deadline:
+            raise TimeoutError(f"the metrics never matched:\n{found.text}")
+        await asyncio.sleep(0.05)
+
+
+async def bot_idle(port: int) -> Scrape:
+    """Scrape until no job is active any more."""
+    return await scrape_until(
+        port, lambda m: set(m.labelled("kreabot_active_jobs").values()) == {0}
+    )
+
+
+def pyproject_version() -> str:
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    return str(tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"])
+
+
+async def test_metrics_after_a_job_show_its_outcome_latencies_and_an_idle_queue(
+    world: World,
+) -> None:
     port = free_port()
     world.pixazo.fail_next("status", status=500)  # one gateway error, then it recovers
-    async with world.bot(HTTP_PORT=port, HTTP_HOST="127.0.0.1") as bot:
+    settings = {"MAX_CONCURRENT_JOBS": 7, "STATUS_POLLS_PER_SECOND": 8}
+    async with world.bot(HTTP_PORT=port, HTTP_HOST="127.0.0.1", **settings) as bot:
         handle = await world.imagine(prompt=PROMPT, seed=3)
         await world.result_of(handle)
         await bot.services.runner.join()
-        status, content_type, text = await http("GET", f"http://127.0.0.1:{port}/metrics")
+        samples = await bot_idle(port)
 
-    assert status == 200
-    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
-    samples = parse_metrics(text)
-    assert samples['kreabot_jobs{state="completed"}'] == 1
-    assert samples['kreabot_gateway_errors_total{status="500"}'] == 1
-    assert samples["kreabot_submit_seconds_count"] == 1
+    assert samples.content_type == "text/plain; version=0.0.4; charset=utf-8"
+    families = samples.families
+    # The job: completed once, nothing else, and nothing is left active, waiting or in flight.
+    assert families["kreabot_jobs_completed"].type == "counter"
+    assert samples.value("kreabot_jobs_completed_total") == 1
+    assert set(samples.labelled("kreabot_jobs_failed").values()) == {0}
+    assert set(samples.labelled("kreabot_jobs_interrupted").values()) == {0}
+    assert samples.value("kreabot_jobs_cancelled_total") == 0
+    # Active states only (the completed job is history, read from the database).
+    assert samples.labelled("kreabot_active_jobs") == {
+        "pending": 0,
+        "submitting": 0,
+        "submitted": 0,
+        "processing": 0,
+        "delivering": 0,
+    }
+    assert samples.value("kreabot_queue_depth") == 0
+    assert samples.value("kreabot_pixazo_in_flight_jobs") == 0
+    assert samples.value("kreabot_pixazo_max_in_flight_jobs") == 7
+    assert samples.labelled("kreabot_breaker_open") == {
+        "balance": 0,
+        "outage": 0,
+        "unauthorized": 0,
+    }
+    # The gateway: one submit, every status call timed and counted against the limit.
     polls = len(world.pixazo.status_calls())
-    assert polls >= 2 and samples["kreabot_poll_seconds_count"] == polls
-    assert samples["kreabot_delivery_lag_seconds_count"] == 1
-    for histogram in ("kreabot_submit_seconds", "kreabot_poll_seconds"):
-        buckets = [v for k, v in samples.items() if k.startswith(f"{histogram}_bucket")]
+    assert polls >= 2
+    duration = "kreabot_pixazo_request_duration_seconds"
+    assert families[duration].type == "histogram"
+    assert samples.value(f"{duration}_count", call="submit") == 1
+    assert samples.value(f"{duration}_count", call="status") == polls
+    for call in ("submit", "status"):
+        buckets = [
+            s.value
+            for s in families[duration].samples
+            if s.name.endswith("_bucket") and s.labels["call"] == call
+        ]
         assert buckets == sorted(buckets), "buckets are cumulative"
-        assert samples[f'{histogram}_bucket{{le="+Inf"}}'] == samples[f"{histogram}_count"]
-        assert samples[f"{histogram}_sum"] > 0
+        assert buckets[-1] == samples.value(f"{duration}_count", call=call)
+        assert samples.value(f"{duration}_sum", call=call) > 0
+    assert samples.value("kreabot_pixazo_errors_total", call="status", status="500") == 1
+    assert samples.value("kreabot_pixazo_status_polls_total") == polls
+    assert samples.value("kreabot_pixazo_status_poll_limit_per_second") == 8
+    assert samples.value("kreabot_delivery_lag_seconds_count") == 1
+    # Discord, the database, webhooks (none: polling mode).
+    assert samples.value("kreabot_discord_connected") == 1
+    assert samples.value("kreabot_database_up") == 1
+    assert set(samples.labelled("kreabot_webhooks").values()) == {0}
+    # discord.py heartbeats as soon as it connects: shard 0's latency is measured.
+    (latency,) = samples.labelled("kreabot_discord_gateway_latency_seconds", "shard").items()
+    assert latency[0] == "0" and 0 <= latency[1] < 5
+    assert families["kreabot_event_loop_lag_seconds"].type == "histogram"
+    assert families["kreabot_discord_rate_limited"].type == "counter"
+    # What runs: kreabot, discord.py, Python; the process and the interpreter.
+    (build,) = families["kreabot_build_info"].samples
+    assert build.labels == {
+        "version": pyproject_version(),
+        "discord_py": discord.__version__,
+        "python": platform.python_version(),
+    }
+    assert samples.value("process_resident_memory_bytes") > 10 * 1024 * 1024
+    assert samples.value("process_open_fds") > 0
+    assert samples.value("process_cpu_seconds_total") > 0
+    assert families["python_info"].samples
+
+
+async def test_metrics_count_discord_429s_by_route_without_any_token(world: World) -> None:
+    port = free_port()
+    # The job's first edit of its message (through the interaction's webhook) gets a 429.
+    world.discord.rate_limit_next("/messages/@original", retry_after=0.05, method="PATCH")
+    async with world.bot(HTTP_PORT=port, HTTP_HOST="127.0.0.1") as bot:
+        handle = await world.imagine(prompt=PROMPT, seed=4)
+        await world.result_of(handle)
+        await bot.services.runner.join()
+        samples = await scrape(port)
+
+    (limited,) = world.discord.rate_limited
+    assert limited.status == 429
+    route = "PATCH /webhooks/{id}/{token}/messages/@original"
+    assert samples.labelled("kreabot_discord_rate_limited", "route") == {route: 1}
+    assert samples.value("kreabot_discord_rate_limited_total", route=route, scope="user") == 1
+    assert handle.token not in samples.text
+    assert str(world.discord.application_id) not in samples.text
+
+
+async def test_metrics_speak_openmetrics_when_the_scraper_asks(world: World) -> None:
+    port = free_port()
+    async with world.bot(HTTP_PORT=port, HTTP_HOST="127.0.0.1"):
+        samples = await scrape(port, accept="application/openmetrics-text; version=1.0.0")
+    assert samples.content_type.startswith("application/openmetrics-text; version=1.0.0")
+    assert samples.text.endswith("# EOF\n")
+    families = {f.name: f for f in openmetrics_families(samples.text)}
+    assert "kreabot_jobs_completed" in families and "kreabot_breaker_open" in families
 
 
 # -- webhooks ---------------------------------------------------------------------------------
@@ -234,8 +454,8 @@ async def test_forged_webhooks_are_ignored_and_cause_no_status_call(world: World
         await asyncio.sleep(0.3)
         assert world.pixazo.status_calls() == [], "a forged webhook made the bot poll"
         assert bot.services.metrics.webhooks["forged"] == len(forged)
-        _, _, text = await http("GET", f"http://127.0.0.1:{port}/metrics")
-        assert f'kreabot_webhooks_total{{outcome="forged"}} {len(forged)}' in text
+        samples = await scrape(port)
+        assert samples.value("kreabot_webhooks_total", outcome="forged") == len(forged)
 
         # The genuine URL, even with a lying body, makes exactly one confirming status call.
         status, _, _ = await http("POST", job.webhook_url, json=body)
@@ -327,16 +547,6 @@ async def test_webhooks_for_unknown_jobs_are_answered_but_wake_nothing(
             assert status == 200
             assert dict(bot.services.metrics.webhooks) == {"ignored": 1}
     assert world.pixazo.requests == []
-
-
-async def test_healthz_is_503_while_the_gateway_connection_is_down(world: World) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/healthz"
-    async with world.bot(HTTP_PORT=port, HTTP_HOST="127.0.0.1"):
-        assert (await http("GET", url))[0] == 200
-        await world.discord.close()  # Discord is gone: the bot retries, /healthz says so
-        _, _, body = await eventually_http(url, 503)
-        assert body == '{"status": "unavailable", "discord": false, "database": true}'
 
 
 async def test_a_webhook_that_beats_the_submit_answer_is_not_lost(world: World) -> None:

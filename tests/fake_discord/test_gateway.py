@@ -259,11 +259,17 @@ def guilds_on_every_shard(fake: FakeDiscord, shards: int, per_shard: int = 1) ->
     """Add guilds until each shard has `per_shard`; ids differ in their timestamp, so the
     fake's clock moves a millisecond between guilds."""
     guilds = list(fake.guilds.values())
-    while any(
-        sum(1 for g in guilds if (g.id >> 22) % shards == s) < per_shard for s in range(shards)
-    ):
+
+    def count(shard: int) -> int:
+        return sum(1 for g in guilds if (g.id >> 22) % shards == shard)
+
+    while any(count(s) < per_shard for s in range(shards)):
         fake.advance(0.001)
-        guilds.append(fake.add_guild(f"guild {len(guilds)}"))
+        guild = fake.add_guild(f"guild {len(guilds)}")
+        if count((guild.id >> 22) % shards) >= per_shard:
+            del fake.guilds[guild.id]  # that shard has its share: exactly per_shard on each
+            continue
+        guilds.append(guild)
     return guilds
 
 

@@ -15,7 +15,6 @@ import contextlib
 import functools
 import logging
 import signal
-import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -39,7 +38,8 @@ from bot.runner import JobRunner
 from bot.services import Services
 from bot.settings import HINTS, Settings, SettingsError, load_settings
 from bot.storage.config import ConfigStore
-from bot.storage.db import Database, open_database
+from bot.storage.db import Database, DatabaseOpenError, open_configured
+from bot.storage.interface import url_password
 from bot.storage.jobs import JobRepository
 from bot.web import WebServer
 from bot.webhooks import webhook_url
@@ -62,6 +62,15 @@ PERMISSIONS = discord.Permissions(
 
 #: How to fix a database that cannot be opened.
 DATABASE_HINT = f"check DATABASE_PATH: {HINTS['DATABASE_PATH']}"
+POSTGRES_HINT = (
+    "check DATABASE_URL (the server's address, the database's name, the user and its "
+    "password) and that the server runs"
+)
+
+
+def database_hint(settings: Settings) -> str:
+    """How to fix the database the settings name when it cannot be opened."""
+    return POSTGRES_HINT if settings.DATABASE_URL is not None else DATABASE_HINT
 
 
 def application_id_from_token(token: str) -> int | None:
@@ -190,7 +199,7 @@ def build_services(
 @contextlib.asynccontextmanager
 async def open_bot(settings: Settings, *, start: bool = True) -> AsyncIterator[KreaBot]:
     """The database, the HTTP session, the services and the bot that speaks for them."""
-    db = await open_database(settings.DATABASE_PATH)
+    db = await open_configured(settings)
     try:
         async with aiohttp.ClientSession() as session:
             bot = KreaBot(settings)
@@ -230,14 +239,16 @@ async def check(settings: Settings) -> int:
     """Print one line per check; 0 when everything is fine."""
     failures = 0
     try:
-        db = await open_database(settings.DATABASE_PATH)
-    except (OSError, sqlite3.Error) as exc:
-        print(f"FAIL  database {settings.DATABASE_PATH} cannot be opened ({exc}): {DATABASE_HINT}")
+        db = await open_configured(settings)
+    except DatabaseOpenError as exc:
+        print(f"FAIL  database {exc}: {database_hint(settings)}")
         failures += 1
     else:
-        row = await db.fetchone("PRAGMA user_version")
-        await db.close()
-        print(f"ok    database {settings.DATABASE_PATH} (schema version {row[0] if row else '?'})")
+        try:
+            version = await db.schema_version()
+        finally:
+            await db.close()
+        print(f"ok    database {db.describe()} (schema version {version})")
     async with aiohttp.ClientSession() as session:
         client = PixazoClient(
             session, settings.PIXAZO_API_KEY.get_secret_value(), base_url=settings.PIXAZO_BASE_URL
@@ -289,6 +300,24 @@ async def sync(settings: Settings, guild_id: int | None) -> int:
     return 0
 
 
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret the logs must never show: the token, the keys, the database's password
+    (and its whole URL)."""
+    secrets = [
+        settings.DISCORD_TOKEN.get_secret_value(),
+        settings.PIXAZO_API_KEY.get_secret_value(),
+    ]
+    if settings.WEBHOOK_SECRET:
+        secrets.append(settings.WEBHOOK_SECRET.get_secret_value())
+    if settings.DATABASE_URL:
+        url = settings.DATABASE_URL.get_secret_value()
+        secrets.append(url)
+        password = url_password(url)
+        if password:
+            secrets.append(password)
+    return secrets
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m bot", description="Run kreabot.")
@@ -300,15 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"kreabot: {exc}", file=sys.stderr)
         return 2
-    setup_logging(
-        settings.LOG_LEVEL,
-        secrets=[
-            settings.DISCORD_TOKEN.get_secret_value(),
-            settings.PIXAZO_API_KEY.get_secret_value(),
-            *([settings.WEBHOOK_SECRET.get_secret_value()] if settings.WEBHOOK_SECRET else []),
-        ],
-        fmt=settings.LOG_FORMAT,
-    )
+    setup_logging(settings.LOG_LEVEL, secrets=secrets_of(settings), fmt=settings.LOG_FORMAT)
     try:
         if args.command == "check":
             return asyncio.run(check(settings))
@@ -322,6 +343,9 @@ def main(argv: list[str] | None = None) -> int:
             "kreabot: Discord refused DISCORD_TOKEN: reset it in the developer portal",
             file=sys.stderr,
         )
+        return 2
+    except DatabaseOpenError as exc:
+        print(f"kreabot: database {exc}: {database_hint(settings)}", file=sys.stderr)
         return 2
     except discord.PrivilegedIntentsRequired:
         print("kreabot: Discord refused the gateway intents for this bot", file=sys.stderr)

@@ -212,6 +212,7 @@ def redact_url(url: str) -> str:
         user, _, host = netloc.rpartition("@")
         netloc = f"{user.partition(':')[0]}@{host}"
     query = urlencode(
-        [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="/"
+        [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)],
+        safe="/*",
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

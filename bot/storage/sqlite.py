@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -137,10 +138,15 @@ async def open_sqlite(path: str | Path) -> SqliteDatabase:
     try:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: the sqlite3 module starts no transaction on its own; every
-        # write is wrapped in an explicit one (see SqliteDatabase.transaction).
-        connection = await aiosqlite.connect(str(path), isolation_level=None)
+    except OSError as exc:
+        raise DatabaseOpenError(f"SQLite {path} cannot be opened ({exc})") from exc
+    # isolation_level=None: the sqlite3 module starts no transaction on its own; every
+    # write is wrapped in an explicit one (see SqliteDatabase.transaction).
+    connection = aiosqlite.connect(str(path), isolation_level=None)
+    try:
+        await connection
     except (OSError, sqlite3.Error) as exc:
+        await _worker_stopped(connection)
         raise DatabaseOpenError(f"SQLite {path} cannot be opened ({exc})") from exc
     try:
         connection.row_factory = aiosqlite.Row
@@ -156,6 +162,14 @@ async def open_sqlite(path: str | Path) -> SqliteDatabase:
         await connection.close()
         raise
     return SqliteDatabase(connection, path)
+
+
+async def _worker_stopped(connection: aiosqlite.Connection) -> None:
+    """Wait for the worker thread of a connection that failed to open: aiosqlite stops it
+    without waiting, and its last answer must find the event loop still running."""
+    thread = getattr(connection, "_thread", None)
+    if isinstance(thread, threading.Thread) and thread.is_alive():
+        await asyncio.to_thread(thread.join, 5.0)
 
 
 async def migrate(db: aiosqlite.Connection) -> int:

@@ -43,7 +43,14 @@ from bot.runner import JobRunner
 from bot.services import Services
 from bot.settings import HINTS, Settings, SettingsError, load_settings
 from bot.storage.config import ConfigStore
-from bot.storage.db import Database, StorageError, latest_schema_version, open_database
+from bot.storage.db import (
+    Database,
+    DatabaseOpenError,
+    StorageError,
+    latest_schema_version,
+    open_configured,
+)
+from bot.storage.interface import redact_url, url_password
 from bot.storage.jobs import ACTIVE_STATES, JobRepository
 from bot.web import Readiness, WebServer
 from bot.webhooks import webhook_url
@@ -66,6 +73,15 @@ PERMISSIONS = discord.Permissions(
 
 #: How to fix a database that cannot be opened.
 DATABASE_HINT = f"check DATABASE_PATH: {HINTS['DATABASE_PATH']}"
+POSTGRES_HINT = (
+    "check DATABASE_URL (the server's address, the database's name, the user and its "
+    "password) and that the server runs"
+)
+
+
+def database_hint(settings: Settings) -> str:
+    """How to fix the database the settings name when it cannot be opened."""
+    return POSTGRES_HINT if settings.DATABASE_URL is not None else DATABASE_HINT
 
 
 def application_id_from_token(token: str) -> int | None:
@@ -225,7 +241,7 @@ def build_services(
 @contextlib.asynccontextmanager
 async def open_bot(settings: Settings, *, start: bool = True) -> AsyncIterator[KreaBot]:
     """The database, the HTTP session, the services and the bot that speaks for them."""
-    db = await open_database(settings.DATABASE_PATH)
+    db = await open_configured(settings)
     try:
         async with aiohttp.ClientSession() as session:
             bot = KreaBot(settings)
@@ -294,22 +310,56 @@ def check_database(path: Path) -> bool:
     except sqlite3.Error as exc:
         print(f"{FAIL}database {path} cannot be read ({exc}): {DATABASE_HINT}")
         return False
+    return report_schema(f"SQLite {path}", version)
+
+
+def report_schema(where: str, version: int) -> bool:
+    """One line on a database's schema version against this release's; True when usable."""
     latest = latest_schema_version()
     if version > latest:
         print(
-            f"{FAIL}database {path} has schema version {version}, newer than this kreabot "
+            f"{FAIL}database {where} has schema version {version}, newer than this kreabot "
             f"knows ({latest}): a newer release wrote it; run that release"
         )
         return False
     if version < latest:
         pending = ", ".join(f"{number:04d}" for number in range(version + 1, latest + 1))
         print(
-            f"{OK}database {path} (schema version {version} of {latest}: migrations "
+            f"{OK}database {where} (schema version {version} of {latest}: migrations "
             f"{pending} pending, applied on the next start)"
         )
         return True
-    print(f"{OK}database {path} (schema version {version}, up to date)")
+    print(f"{OK}database {where} (schema version {version}, up to date)")
     return True
+
+
+async def check_postgres(url: str) -> bool:
+    """Report a PostgreSQL database without migrating or writing anything."""
+    import asyncpg
+
+    where = f"PostgreSQL {redact_url(url)}"
+    try:
+        connection = await asyncio.wait_for(asyncpg.connect(url), CHECK_TIMEOUT_SECONDS)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        reason = str(exc).replace(url_password(url) or "\0", "***")
+        print(
+            f"{FAIL}database {where} cannot be reached ({type(exc).__name__}: {reason}): "
+            f"{POSTGRES_HINT}"
+        )
+        return False
+    try:
+        exists = await connection.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
+        version = (
+            int(await connection.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
+            if exists
+            else 0
+        )
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        print(f"{FAIL}database {where} cannot be read ({type(exc).__name__}): {POSTGRES_HINT}")
+        return False
+    finally:
+        await connection.close()
+    return report_schema(where, version)
 
 
 async def check_pixazo(settings: Settings, session: aiohttp.ClientSession) -> bool:
@@ -370,7 +420,11 @@ async def check_discord(settings: Settings) -> tuple[bool, int | None]:
 async def check(settings: Settings, *, offline: bool = False) -> int:
     """Print one line per check: 0 when everything was verified, 1 when something failed
     (``FAIL``) or could not be verified (``??``). Changes nothing anywhere."""
-    passed = [check_database(settings.DATABASE_PATH)]
+    passed = [
+        await check_postgres(settings.DATABASE_URL.get_secret_value())
+        if settings.DATABASE_URL is not None
+        else check_database(settings.DATABASE_PATH)
+    ]
     app_id: int | None = None
     if offline:
         print(f"{SKIPPED}Pixazo key and Discord token not checked (--offline)")
@@ -399,6 +453,24 @@ async def sync(settings: Settings, guild_id: int | None) -> int:
     return 0
 
 
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret the logs must never show: the token, the keys, the database's password
+    (and its whole URL)."""
+    secrets = [
+        settings.DISCORD_TOKEN.get_secret_value(),
+        settings.PIXAZO_API_KEY.get_secret_value(),
+    ]
+    if settings.WEBHOOK_SECRET:
+        secrets.append(settings.WEBHOOK_SECRET.get_secret_value())
+    if settings.DATABASE_URL:
+        url = settings.DATABASE_URL.get_secret_value()
+        secrets.append(url)
+        password = url_password(url)
+        if password:
+            secrets.append(password)
+    return secrets
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m bot", description="Run kreabot.")
@@ -415,15 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"kreabot: {exc}", file=sys.stderr)
         return 2
-    setup_logging(
-        settings.LOG_LEVEL,
-        secrets=[
-            settings.DISCORD_TOKEN.get_secret_value(),
-            settings.PIXAZO_API_KEY.get_secret_value(),
-            *([settings.WEBHOOK_SECRET.get_secret_value()] if settings.WEBHOOK_SECRET else []),
-        ],
-        fmt=settings.LOG_FORMAT,
-    )
+    setup_logging(settings.LOG_LEVEL, secrets=secrets_of(settings), fmt=settings.LOG_FORMAT)
     try:
         if args.command == "check":
             return asyncio.run(check(settings, offline=args.offline))
@@ -438,8 +502,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except DatabaseOpenError as exc:
+        print(f"kreabot: database {exc}: {database_hint(settings)}", file=sys.stderr)
+        return 2
     except StorageError as exc:
-        print(f"kreabot: {exc}: {DATABASE_HINT}", file=sys.stderr)
+        print(f"kreabot: {exc}: {database_hint(settings)}", file=sys.stderr)
         return 2
     except discord.PrivilegedIntentsRequired:
         print("kreabot: Discord refused the gateway intents for this bot", file=sys.stderr)

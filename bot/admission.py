@@ -81,7 +81,7 @@ class Breaker:
 
 
 @dataclass
-class _Waiter:
+class Waiter:
     job_id: int
     member: tuple[int | None, int]
     member_limit: int
@@ -96,7 +96,7 @@ class Admission:
     def __init__(self, max_in_flight: int, breaker: Breaker) -> None:
         self.max_in_flight = max_in_flight
         self.breaker = breaker
-        self._waiting: dict[int, _Waiter] = {}
+        self._waiting: dict[int, Waiter] = {}
         self._in_flight: dict[int, tuple[int | None, int]] = {}
         self._per_member: Counter[tuple[int | None, int]] = Counter()
         #: The job let through to test an open breaker, until it leaves the gateway.
@@ -131,14 +131,26 @@ class Admission:
 
     # -- the queue ---------------------------------------------------------------
 
-    def enqueue(self, job_id: int, member: tuple[int | None, int], member_limit: int) -> _Waiter:
+    def enqueue(self, job_id: int, member: tuple[int | None, int], member_limit: int) -> Waiter:
         """Put a job in line (in job-id order) and return its waiter."""
-        waiter = _Waiter(job_id, member, max(1, member_limit))
+        waiter = Waiter(job_id, member, max(1, member_limit))
         self._waiting[job_id] = waiter
         if len(self._waiting) > 1 and job_id < max(self._waiting):
             self._waiting = dict(sorted(self._waiting.items()))
         self.pump()
         return waiter
+
+    def waiter(self, job_id: int) -> Waiter | None:
+        """The job's place in line, if it waits."""
+        return self._waiting.get(job_id)
+
+    def set_member_limit(self, job_id: int, member_limit: int) -> None:
+        """The waiting job's member limit, once read (a job is put in line at once, with
+        the strictest limit, so that its place follows its id even while the limit is read)."""
+        waiter = self._waiting.get(job_id)
+        if waiter is not None:
+            waiter.member_limit = max(1, member_limit)
+            self.pump()
 
     def withdraw(self, job_id: int) -> bool:
         """Take a job out of line (cancelled, given up); True if it was waiting."""
@@ -181,7 +193,7 @@ class Admission:
                 return
             self._admit(waiter)
 
-    def _first_eligible(self) -> _Waiter | None:
+    def _first_eligible(self) -> Waiter | None:
         if len(self._in_flight) >= self.max_in_flight:
             return None
         for waiter in self._waiting.values():
@@ -189,7 +201,7 @@ class Admission:
                 return waiter
         return None
 
-    def _admit(self, waiter: _Waiter) -> None:
+    def _admit(self, waiter: Waiter) -> None:
         del self._waiting[waiter.job_id]
         self.add_in_flight(waiter.job_id, waiter.member)
         if not waiter.admitted.done():

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from typing import Protocol, TypeVar
 
-from bot.admission import BALANCE, OUTAGE, UNAUTHORIZED, Admission, Breaker
+from bot.admission import BALANCE, OUTAGE, UNAUTHORIZED, Admission, Breaker, Waiter
 from bot.events import DeliveryRefused, Failure, JobObserver, Progress, Published, Stage
 from bot.logs import bind
 from bot.metrics import Metrics
@@ -146,6 +146,7 @@ class JobRunner:
         self._jobs: dict[int, Job] = {}
         self._wakes: dict[int, asyncio.Event] = {}
         self._gateway_done: dict[int, datetime | None] = {}
+        self._placed: dict[int, Waiter] = {}
         self._closing = False
         self._probe_task: asyncio.Task[None] | None = None
 
@@ -155,6 +156,10 @@ class JobRunner:
         """Run ``job`` in the background (no-op if it already runs)."""
         if self._closing or job.id in self._tasks:
             return
+        if job.state is JobState.PENDING and not self._closing:
+            # Its place in line is taken now, in the order jobs start (by id), not when its
+            # task first runs: the tasks' first reads may finish in any order.
+            self._placed[job.id] = self.admission.enqueue(job.id, (job.guild_id, job.user_id), 1)
         task = asyncio.create_task(self._guarded(job), name=f"job-{job.id}")
         self._tasks[job.id] = task
         self._jobs[job.id] = job
@@ -166,6 +171,7 @@ class JobRunner:
             self._jobs.pop(job_id, None)
             self._wakes.pop(job_id, None)
             self._gateway_done.pop(job_id, None)
+            self._placed.pop(job_id, None)
 
     def running(self) -> int:
         """How many jobs have a task."""
@@ -302,8 +308,11 @@ class JobRunner:
 
     async def _wait_turn(self, job: Job) -> bool:
         """Wait in line until admitted; show the place in line while waiting."""
+        waiter = self._placed.pop(job.id, None)
+        if waiter is None:  # put back in line after a submit that was certainly not taken
+            waiter = self.admission.enqueue(job.id, (job.guild_id, job.user_id), 1)
         limit = await self._limits.member_in_flight(job.guild_id) if self._limits else 1_000_000
-        waiter = self.admission.enqueue(job.id, (job.guild_id, job.user_id), limit)
+        self.admission.set_member_limit(job.id, limit)
         shown: tuple[str, str | None] | None = None
         changed_at = 0.0
         while not waiter.admitted.done():

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
 from bot.logs import LogFormat
+from bot.storage.interface import POSTGRES_SCHEMES
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
@@ -29,6 +30,10 @@ HINTS: dict[str, str] = {
     "PIXAZO_API_KEY": "set it to your Pixazo subscription key (pixazo.ai, API keys)",
     "PIXAZO_BASE_URL": "use an http(s) origin such as https://gateway.pixazo.ai",
     "DATABASE_PATH": "use a writable file path such as data/kreabot.sqlite3",
+    "DATABASE_URL": (
+        "use a URL such as postgresql://kreabot:PASSWORD@db.example.org:5432/kreabot, "
+        "or unset it to keep the SQLite file DATABASE_PATH"
+    ),
     "LOG_LEVEL": "use one of DEBUG, INFO, WARNING, ERROR",
     "SHARD_IDS": "use shard numbers and ranges such as 0,1,2 or 0-3",
     "LOG_FORMAT": "use plain (one readable line per event) or json (one JSON object per line)",
@@ -72,6 +77,10 @@ class Settings(BaseSettings):
     PIXAZO_API_KEY: SecretStr
     PIXAZO_BASE_URL: str = "https://gateway.pixazo.ai"
     DATABASE_PATH: Path = Path("data/kreabot.sqlite3")
+    #: A PostgreSQL database (``postgresql://user:password@host:port/name``) instead of the
+    #: SQLite file DATABASE_PATH, for several bot processes sharing one database. Secret:
+    #: it may hold a password.
+    DATABASE_URL: SecretStr | None = None
     LOG_LEVEL: LogLevel = "INFO"
     #: ``plain``: one readable line per event; ``json``: one JSON object per line (ts, level,
     #: logger, message, job_id, guild_id, request_id, interaction_id, exc).
@@ -185,6 +194,19 @@ class Settings(BaseSettings):
             raise ValueError("is empty")
         if secret != secret.strip() or any(ch.isspace() for ch in secret):
             raise ValueError("contains spaces")
+        return value
+
+    @field_validator("DATABASE_URL", mode="before")
+    @classmethod
+    def _database_url(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str) or not value.strip():
+            return None  # an empty secret file, like an empty line, is not a setting
+        value = value.strip()
+        # The message never repeats the value: it may hold a password.
+        if urlsplit(value).scheme not in POSTGRES_SCHEMES:
+            raise ValueError("is not a postgresql:// URL")
         return value
 
     @field_validator("PIXAZO_BASE_URL")

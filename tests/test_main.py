@@ -51,6 +51,7 @@ from tests.support.world import World
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "pixazo-key-that-must-stay-secret"
+DATABASE_PASSWORD = "database-password-that-must-stay-secret"
 #: The exact permissions the invite asks for: View Channel, Send Messages, Send Messages in
 #: Threads, Embed Links, Attach Files, Read Message History, Add Reactions, Connect (voice
 #: channels' chats).
@@ -203,9 +204,9 @@ async def test_check_with_good_settings_prints_the_invite_url(tmp_path: Path) ->
         app_id = discord_fake.application_id
         lines = output.splitlines()
         latest = latest_schema_version()
-        assert lines[0] == f"ok    database {database} (schema version {latest}, up to date)", (
-            output
-        )
+        assert (
+            lines[0] == f"ok    database SQLite {database} (schema version {latest}, up to date)"
+        ), output
         assert lines[1] == f"ok    Pixazo key accepted by {pixazo.base_url}"
         assert lines[2] == "ok    Discord token accepted: logged in as kreabot"
         assert lines[3] == (
@@ -317,7 +318,7 @@ async def test_check_offline_reads_the_database_of_a_running_bot_and_asks_nobody
 
     assert code == 0, output
     assert output.splitlines() == [
-        f"ok    database {database} (schema version {latest_schema_version()}, up to date)",
+        f"ok    database SQLite {database} (schema version {latest_schema_version()}, up to date)",
         "--    Pixazo key and Discord token not checked (--offline)",
         f"ok    invite URL: https://discord.com/oauth2/authorize?client_id={app_id}"
         f"&scope=bot+applications.commands&permissions={PERMISSIONS}",
@@ -376,7 +377,7 @@ def test_check_reports_pending_migrations_without_applying_them(tmp_path: Path) 
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[0] == (
-        f"ok    database {database} (schema version {latest - 1} of {latest}: migrations "
+        f"ok    database SQLite {database} (schema version {latest - 1} of {latest}: migrations "
         f"{latest:04d} pending, applied on the next start)"
     )
     assert snapshot(tmp_path) == before, "check wrote to the database or left files beside it"
@@ -393,8 +394,8 @@ def test_check_fails_on_a_database_from_a_newer_kreabot(tmp_path: Path) -> None:
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stdout.splitlines()[0] == (
-        f"FAIL  database {database} has schema version {latest + 1}, newer than this kreabot "
-        f"knows ({latest}): a newer release wrote it; run that release"
+        f"FAIL  database SQLite {database} has schema version {latest + 1}, newer than this "
+        f"kreabot knows ({latest}): a newer release wrote it; run that release"
     )
 
 
@@ -411,6 +412,59 @@ def test_check_fails_on_a_database_path_the_bot_could_not_use(tmp_path: Path, ki
     assert line.startswith(f"FAIL  database {database} ") and "DATABASE_PATH" in line, line
     assert blocker.read_text() == "not a folder, not a database"
     assert [p.name for p in tmp_path.iterdir()] == ["a-file"]
+
+
+async def test_check_names_postgresql_and_its_schema_version_not_its_password(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    url = postgres_url.replace("://kreabot@", f"://kreabot:{DATABASE_PASSWORD}@")
+    await (await open_database(postgres_url)).close()  # a bot ran on it: migrated
+    async with both_fakes() as (pixazo, discord_fake):
+        code, output = await run_against_fakes(
+            pixazo, discord_fake, tmp_path, ["check"], DATABASE_URL=url
+        )
+
+    assert code == 0, output
+    where = postgres_url.replace("postgresql://kreabot@", "")
+    assert output.splitlines()[0] == (
+        f"ok    database PostgreSQL postgresql://kreabot@{where} "
+        f"(schema version {latest_schema_version()}, up to date)"
+    )
+    assert DATABASE_PASSWORD not in output
+    assert not (tmp_path / "kreabot.sqlite3").exists()  # DATABASE_URL wins over the path
+
+
+async def test_check_reports_a_postgresql_server_it_cannot_reach(tmp_path: Path) -> None:
+    url = f"postgresql://kreabot:{DATABASE_PASSWORD}@/kreabot?host={tmp_path / 'no-server'}"
+    async with both_fakes() as (pixazo, discord_fake):
+        code, output = await run_against_fakes(
+            pixazo, discord_fake, tmp_path, ["check"], DATABASE_URL=url
+        )
+
+    assert code == 1, output
+    (line,) = [line for line in output.splitlines() if "database" in line]
+    assert line.startswith("FAIL  database PostgreSQL postgresql://kreabot@/kreabot?host=")
+    assert "cannot be reached" in line and "check DATABASE_URL" in line
+    assert DATABASE_PASSWORD not in output
+    assert "Traceback" not in output
+    assert "ok    Pixazo key accepted" in output
+
+
+def test_run_stops_in_one_line_when_postgresql_cannot_be_reached(tmp_path: Path) -> None:
+    url = f"postgresql://kreabot:{DATABASE_PASSWORD}@/kreabot?host={tmp_path / 'no-server'}"
+    result = run_bot_command(
+        ["run"],
+        tmp_path,
+        DISCORD_TOKEN=bot_token(1234567890123),
+        PIXAZO_API_KEY=API_KEY,
+        DATABASE_URL=url,
+    )
+
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("kreabot: database PostgreSQL postgresql://kreabot@/kreabot?host=")
+    assert "check DATABASE_URL" in line
+    assert DATABASE_PASSWORD not in result.stderr + result.stdout
 
 
 # -- python -m bot sync -----------------------------------------------------------------------
@@ -613,6 +667,7 @@ def test_dockerfile_copies_files_that_exist_and_reach_the_build_context() -> Non
     assert 'include = ["bot*", "cogs*"]' in pyproject and "pyproject.toml" in sources
     assert {"bot", "cogs", "README.md"} <= set(sources)
     assert 'migrations/*.sql"' in pyproject, "the migrations ship in the wheel"
+    assert 'migrations_postgres/*.sql"' in pyproject, "PostgreSQL's too"
     # Secrets and local state never reach the image.
     for private in (".env", "data/kreabot.sqlite3", ".git/config", "bot/__pycache__/x.pyc"):
         assert dockerignored(private), f"{private} would be sent to the Docker build"
@@ -885,7 +940,8 @@ def test_the_wheel_carries_bot_and_cogs_and_no_test_double(tmp_path: Path) -> No
     tops = {name.split("/")[0] for name in names}
     assert tops == {"bot", "cogs", metadata.split("/")[0]}, sorted(tops)
     assert "bot/__main__.py" in names and "cogs/imagine.py" in names
-    assert any(n.startswith("bot/storage/migrations/") and n.endswith(".sql") for n in names)
+    for folder in ("migrations", "migrations_postgres"):
+        assert any(n.startswith(f"bot/storage/{folder}/") and n.endswith(".sql") for n in names)
     assert not [n for n in names if n.startswith(("fake_pixazo/", "tests/", "bench/"))]
     assert not [n for n in names if "fake_pixazo" in n or "/tests/" in n]
     # What the wheel asks for is what pyproject.toml says (the security floors included).

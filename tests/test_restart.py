@@ -1,4 +1,5 @@
-"""The bot killed mid-job and started again on the same SQLite file.
+"""The bot killed mid-job and started again on the same database (a SQLite file; with
+``KREABOT_TEST_DATABASE=postgres``, a PostgreSQL database).
 
 The bot runs in a real subprocess (``tests.support.bot_process``) that is SIGKILLed, so no
 shutdown code runs; the fake Discord and the fake gateway live in the test process and
@@ -41,7 +42,7 @@ async def test_killed_while_generating_the_restarted_bot_delivers_exactly_once(
     # Nothing was sent twice: one submit, one job at the gateway.
     assert len(stage.pixazo.submits()) == 1
     assert len(stage.pixazo.jobs) == 1
-    assert len(job_rows(stage.db_path)) == 1
+    assert len(job_rows(stage.database)) == 1
     assert_pings_nobody(result)
     assert_no_traceback(bot_messages(stage.discord))
 

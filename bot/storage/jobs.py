@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-import aiosqlite
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from bot.pixazo import TextToImageRequest
-from bot.storage.db import Database
+from bot.storage.db import Connection, Database, Queryable, Row
 
 
 class JobState(StrEnum):
@@ -165,7 +164,7 @@ _UPDATABLE = {
 }
 
 
-def _row_to_job(row: aiosqlite.Row) -> Job:
+def _row_to_job(row: Row) -> Job:
     data = dict(row)
     data["state"] = JobState(data["state"])
     data["params"] = TextToImageRequest.model_validate_json(data["params"])
@@ -230,6 +229,15 @@ class JobRepository:
                     raise AlreadyRetried(retry_of)
             if admit is not None and batch:
                 first = batch[0]
+                # One admission per server at a time, across connections and processes,
+                # until this transaction ends (caps are per member within a server and per
+                # server, so the server is the unit). On PostgreSQL an advisory lock
+                # (pg_advisory_xact_lock) rather than SERIALIZABLE: concurrent requests of
+                # one server would all conflict there and need retrying, admit() and all,
+                # while the lock simply queues them, leaves other servers alone and is let
+                # go at commit or rollback. On SQLite the transaction is already the only
+                # writer.
+                await connection.lock("admit", first.guild_id)
                 member = await self._count(connection, first.guild_id, since, first.user_id)
                 server = await self._count(connection, first.guild_id, since)
                 admit(member, server)
@@ -257,7 +265,7 @@ class JobRepository:
         return True
 
     async def _insert(
-        self, connection: aiosqlite.Connection, batch: list[NewJob], *, grouped: bool
+        self, connection: Connection, batch: list[NewJob], *, grouped: bool
     ) -> list[Job]:
         now = self._clock()
         jobs: list[Job] = []
@@ -284,13 +292,12 @@ class JobRepository:
                 "updated_at": now,
             }
             marks = ", ".join("?" for _ in values)
-            cursor = await connection.execute(
+            job_id = await connection.insert_returning_id(
                 f"INSERT INTO jobs ({', '.join(values)}) VALUES ({marks})", tuple(values.values())
             )
-            assert cursor.lastrowid is not None
             jobs.append(
                 Job(
-                    id=cursor.lastrowid,
+                    id=job_id,
                     state=JobState.PENDING,
                     guild_id=new.guild_id,
                     channel_id=new.channel_id,
@@ -374,6 +381,8 @@ class JobRepository:
     async def in_states(self, states: Iterable[JobState]) -> list[Job]:
         """Jobs in any of ``states``, oldest first."""
         names = [s.value for s in states]
+        if not names:
+            return []
         marks = ", ".join("?" for _ in names)
         rows = await self._db.fetchall(
             f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id", names
@@ -396,7 +405,7 @@ class JobRepository:
 
     @staticmethod
     async def _count(
-        connection: aiosqlite.Connection,
+        connection: Queryable,
         guild_id: int | None,
         since: float,
         user_id: int | None = None,
@@ -406,27 +415,28 @@ class JobRepository:
         Cancelled jobs and jobs refused before reaching the gateway do not count.
         """
         query = (
-            "SELECT COUNT(*) FROM jobs WHERE guild_id IS ? AND created_at >= ? "
+            f"SELECT COUNT(*) FROM jobs WHERE guild_id {connection.dialect.null_safe_equals} ? "
+            "AND created_at >= ? "
             "AND state != 'cancelled' AND NOT (state = 'failed' AND request_id IS NULL)"
         )
         args: list[Any] = [guild_id, since]
         if user_id is not None:
             query += " AND user_id = ?"
             args.append(user_id)
-        async with connection.execute(query, args) as cursor:
-            row = await cursor.fetchone()
+        row = await connection.fetchone(query, args)
         return int(row[0]) if row else 0
 
     async def requested_since(
         self, guild_id: int | None, since: float, user_id: int | None = None
     ) -> int:
         """Images asked for since ``since`` that count against daily caps."""
-        return await self._count(self._db.connection, guild_id, since, user_id)
+        return await self._count(self._db, guild_id, since, user_id)
 
     async def for_member(self, guild_id: int | None, user_id: int, limit: int = 15) -> list[Job]:
         """A member's most recent jobs in a server, newest first."""
         rows = await self._db.fetchall(
-            "SELECT * FROM jobs WHERE guild_id IS ? AND user_id = ? ORDER BY id DESC LIMIT ?",
+            f"SELECT * FROM jobs WHERE guild_id {self._db.dialect.null_safe_equals} ? "
+            "AND user_id = ? ORDER BY id DESC LIMIT ?",
             (guild_id, user_id, limit),
         )
         return [_row_to_job(row) for row in rows]
@@ -436,10 +446,11 @@ class JobRepository:
         have taken: an uncertain submit counts as paid), failures, and ERROR jobs (not
         charged)."""
         rows = await self._db.fetchall(
-            """SELECT user_id, date(submitted_at, 'unixepoch') AS day,
+            f"""SELECT user_id, {self._db.dialect.utc_day("submitted_at")} AS day,
                       COUNT(*) AS submitted,
-                      SUM(state IN ('failed', 'interrupted')) AS failed,
-                      SUM(error_kind = 'error') AS not_charged
+                      SUM(CASE WHEN state IN ('failed', 'interrupted') THEN 1 ELSE 0 END)
+                          AS failed,
+                      SUM(CASE WHEN error_kind = 'error' THEN 1 ELSE 0 END) AS not_charged
                FROM jobs
                WHERE guild_id = ? AND submitted_at >= ?
                  AND (request_id IS NOT NULL OR state = 'interrupted')

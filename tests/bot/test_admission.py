@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bot.admission import BALANCE, OUTAGE, Admission, Breaker, _Waiter
+from bot.admission import BALANCE, OUTAGE, Admission, Breaker, Waiter
 
 ALICE = (1, 100)
 BOB = (1, 200)
@@ -23,7 +23,7 @@ class Clock:
         return self.now
 
 
-def admitted(*waiters: _Waiter) -> list[int]:
+def admitted(*waiters: Waiter) -> list[int]:
     """Ids of the given waiters whose turn came."""
     return [w.job_id for w in waiters if w.admitted.done() and not w.admitted.cancelled()]
 

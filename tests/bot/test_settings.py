@@ -303,3 +303,36 @@ def test_inconsistent_shard_settings_stop_start_up_with_one_line(
     monkeypatch.setenv("PIXAZO_API_KEY", API_KEY)
     with pytest.raises(SettingsError, match=problem):
         load_settings(env_file=None)
+
+
+def test_database_url_is_optional_secret_and_must_be_postgresql(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    set_required(monkeypatch)
+    assert load_settings(env_file=None).DATABASE_URL is None  # SQLite, the default
+
+    url = "postgresql://kreabot:pw-5e3c1d@db.example.org:5432/kreabot?sslmode=require"
+    monkeypatch.setenv("DATABASE_URL", url)
+    settings = load_settings(env_file=None)
+    assert settings.DATABASE_URL is not None
+    assert settings.DATABASE_URL.get_secret_value() == url
+    assert "pw-5e3c1d" not in repr(settings) and "pw-5e3c1d" not in str(settings)
+    monkeypatch.setenv("DATABASE_URL", "postgres://kreabot@localhost/kreabot")
+    assert load_settings(env_file=None).DATABASE_URL is not None
+
+    monkeypatch.setenv("DATABASE_URL", "mysql://kreabot:pw-5e3c1d@db.example.org/kreabot")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(env_file=None)
+    message = str(caught.value)
+    assert message.startswith("DATABASE_URL is not a postgresql:// URL: use a URL such as ")
+    assert "pw-5e3c1d" not in message
+
+    # From a secret file; an empty one means SQLite.
+    monkeypatch.delenv("DATABASE_URL")
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "DATABASE_URL").write_text(url + "\n")
+    monkeypatch.setenv("SECRETS_DIR", str(tmp_path / "secrets"))
+    from_file = load_settings(env_file=None).DATABASE_URL
+    assert from_file is not None and from_file.get_secret_value() == url
+    (tmp_path / "secrets" / "DATABASE_URL").write_text("")
+    assert load_settings(env_file=None).DATABASE_URL is None

@@ -2,10 +2,10 @@
 
 As a launcher (``python -m tests.support.bot_process``) it reads the bot's settings from
 the environment (``DISCORD_TOKEN``, ``PIXAZO_API_KEY``, ``PIXAZO_BASE_URL``,
-``DATABASE_PATH``, ``POLL_*``...), points discord.py at the fake Discord named by
-``FAKE_DISCORD_API`` (what ``Route.BASE`` becomes) and ``FAKE_DISCORD_GATEWAY`` (what
-``DiscordWebSocket.DEFAULT_GATEWAY`` becomes), then runs ``bot.__main__.run``: the same
-start-up as production, with nothing injected.
+``DATABASE_PATH`` or ``DATABASE_URL``, ``POLL_*``...), points discord.py at the fake
+Discord named by ``FAKE_DISCORD_API`` (what ``Route.BASE`` becomes) and
+``FAKE_DISCORD_GATEWAY`` (what ``DiscordWebSocket.DEFAULT_GATEWAY`` becomes), then runs
+``bot.__main__.run``: the same start-up as production, with nothing injected.
 
 With arguments (``python -m tests.support.bot_process check``), it patches discord.py the
 same way and hands them to ``bot.__main__.main``: the whole command line as an admin runs
@@ -82,14 +82,15 @@ class BotProcess:
         cls,
         discord_fake: FakeDiscord,
         pixazo: FakePixazo,
-        db_path: Path,
+        database: Path | str,
         log_path: Path,
         *,
         args: Sequence[str] = (),
         cwd: Path | None = None,
         **settings: str,
     ) -> BotProcess:
-        """Launch the bot against both fakes with ``db_path`` as its database.
+        """Launch the bot against both fakes with ``database`` as its database (a SQLite
+        file, or a PostgreSQL URL given as ``DATABASE_URL``).
 
         ``args`` (e.g. ``["run"]``, ``["sync", "--guild", "1"]``) go to ``python -m bot``'s
         own entry point; ``cwd`` is the working directory (where ``.env`` would be read).
@@ -104,7 +105,11 @@ class BotProcess:
                 "DISCORD_TOKEN": DEFAULT_TOKEN,
                 "PIXAZO_API_KEY": pixazo.api_key,
                 "PIXAZO_BASE_URL": pixazo.base_url,
-                "DATABASE_PATH": str(db_path),
+                **(
+                    {"DATABASE_URL": database}
+                    if isinstance(database, str)
+                    else {"DATABASE_PATH": str(database)}
+                ),
                 "LOG_LEVEL": "INFO",
                 **FAST_POLL_ENV,
                 "FAKE_DISCORD_API": discord_fake.api_base,

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from fake_pixazo import FakePixazo
 from tests.fake_discord import FakeDiscord, FakeMessage
+from tests.support.postgres import query
 
 T = TypeVar("T")
 
@@ -84,14 +85,18 @@ def assert_pings_nobody(message: FakeMessage) -> None:
         assert not allowed.get("roles"), allowed
 
 
-def job_rows(db_path: Path) -> list[dict[str, Any]]:
-    """The job table as plain dicts (``params``, ``sources``, ``refs`` decoded), by id."""
-    connection = sqlite3.connect(db_path)
-    try:
-        connection.row_factory = sqlite3.Row
-        rows = connection.execute("SELECT * FROM jobs ORDER BY id").fetchall()
-    finally:
-        connection.close()
+def job_rows(database: Path | str) -> list[dict[str, Any]]:
+    """The job table as plain dicts (``params``, ``sources``, ``refs`` decoded), by id, read
+    from a SQLite file or a PostgreSQL URL."""
+    if isinstance(database, str):
+        rows = query(database, "SELECT * FROM jobs ORDER BY id")
+    else:
+        connection = sqlite3.connect(database)
+        try:
+            connection.row_factory = sqlite3.Row
+            rows = [dict(row) for row in connection.execute("SELECT * FROM jobs ORDER BY id")]
+        finally:
+            connection.close()
     out = []
     for row in rows:
         data = dict(row)

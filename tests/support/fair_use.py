@@ -75,7 +75,7 @@ def request_id_of(world: World, prompt: str) -> str:
 
 def rows_by_prompt(world: World) -> dict[str, dict[str, Any]]:
     """The job rows keyed by prompt (prompts are unique in these tests)."""
-    return {row["params"]["prompt"]: row for row in job_rows(world.db_path)}
+    return {row["params"]["prompt"]: row for row in job_rows(world.database)}
 
 
 async def states(world: World, wanted: dict[str, str], timeout: float = 5.0) -> None:

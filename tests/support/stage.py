@@ -26,18 +26,22 @@ def images_posted(discord_fake: FakeDiscord) -> list[FakeMessage]:
 
 @dataclass
 class Stage:
-    """Both fakes, the database file, and the bot processes started so far."""
+    """Both fakes, the database, and the bot processes started so far."""
 
     discord: FakeDiscord
     pixazo: FakePixazo
     guild: FakeGuild
     tmp_path: Path
     processes: list[BotProcess]
+    #: The database every bot process uses: a SQLite file, or a PostgreSQL URL.
+    database: Path | str
 
     @property
     def db_path(self) -> Path:
-        """The database every bot process uses."""
-        return self.tmp_path / "kreabot.sqlite3"
+        """The SQLite file, for a test that reads it itself (skipped on PostgreSQL)."""
+        if not isinstance(self.database, Path):
+            pytest.skip("reads the SQLite file itself")
+        return self.database
 
     async def start_bot(self, **settings: str) -> BotProcess:
         """``python -m bot run`` in a process (with extra ``settings``); returns once it is
@@ -47,7 +51,7 @@ class Stage:
         process = await BotProcess.start(
             self.discord,
             self.pixazo,
-            self.db_path,
+            self.database,
             self.tmp_path / f"bot-{number}.log",
             args=["run"],
             cwd=self.tmp_path,
@@ -89,7 +93,9 @@ class Stage:
         """The single job row, once it is in one of ``states``."""
 
         def check() -> dict[str, Any] | None:
-            rows = job_rows(self.db_path) if self.db_path.exists() else []
+            if isinstance(self.database, Path) and not self.database.exists():
+                return None
+            rows = job_rows(self.database)
             return rows[0] if rows and rows[0]["state"] in states else None
 
         return await eventually(check, within, f"the job to be {' or '.join(states)}")
@@ -100,14 +106,15 @@ class Stage:
 
 
 @pytest.fixture
-async def stage(tmp_path: Path) -> AsyncIterator[Stage]:
-    """Both fakes on loopback; every bot process still running at the end is killed."""
+async def stage(tmp_path: Path, database_target: Path | str) -> AsyncIterator[Stage]:
+    """Both fakes on loopback, the database (see ``database_target``); every bot process
+    still running at the end is killed."""
     async with (
         FakePixazo(queued_seconds=0.02, processing_seconds=0.1, long_edge=256) as pixazo,
         FakeDiscord() as discord_fake,
     ):
         guild = discord_fake.add_guild()
-        created = Stage(discord_fake, pixazo, guild, tmp_path, [])
+        created = Stage(discord_fake, pixazo, guild, tmp_path, [], database_target)
         try:
             yield created
         finally:

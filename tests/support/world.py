@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from bot.__main__ import build_services
 from bot.app import KreaBot
@@ -25,14 +26,25 @@ FAST_POLLS = PollSchedule(first=0.05, interval=0.05, factor=1.0, cap=0.05)
 
 @dataclass
 class World:
-    """Both fakes, a database file and a clock the test can move forward."""
+    """Both fakes, a database and a clock the test can move forward.
+
+    ``database`` is a SQLite file, or the URL of a PostgreSQL database (``world`` with
+    ``KREABOT_TEST_DATABASE=postgres``).
+    """
 
     discord: FakeDiscord
     pixazo: FakePixazo
-    db_path: Path
+    database: Path | str
     guild: FakeGuild
     offset: float = 0.0
     overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite file, for a test that reads it itself (skipped on PostgreSQL)."""
+        if not isinstance(self.database, Path):
+            pytest.skip("reads the SQLite file itself")
+        return self.database
 
     def clock(self) -> float:
         """The bot's wall clock (moves with :meth:`advance`)."""
@@ -49,7 +61,11 @@ class World:
             "DISCORD_TOKEN": DEFAULT_TOKEN,
             "PIXAZO_API_KEY": self.pixazo.api_key,
             "PIXAZO_BASE_URL": self.pixazo.base_url,
-            "DATABASE_PATH": self.db_path,
+            **(
+                {"DATABASE_PATH": self.database}
+                if isinstance(self.database, Path)
+                else {"DATABASE_URL": self.database}
+            ),
             **self.overrides,
             **overrides,
         }
@@ -58,7 +74,7 @@ class World:
     @contextlib.asynccontextmanager
     async def bot(self, **overrides: Any) -> AsyncIterator[KreaBot]:
         """Run the real bot (setup_hook, cogs, tree) until the block ends."""
-        db = await open_database(self.db_path)
+        db = await open_database(self.database)
         try:
             async with aiohttp.ClientSession() as session:
                 settings = self.settings(**overrides)
@@ -96,9 +112,14 @@ class World:
 
 @contextlib.asynccontextmanager
 async def make_world(
-    tmp_path: Path, *, discord_options: dict[str, Any] | None = None, **pixazo_options: Any
+    tmp_path: Path,
+    *,
+    database: Path | str | None = None,
+    discord_options: dict[str, Any] | None = None,
+    **pixazo_options: Any,
 ) -> AsyncIterator[World]:
-    """Start both fakes (discord.py patched to the fake Discord)."""
+    """Start both fakes (discord.py patched to the fake Discord); the bot's database is
+    ``database`` (a SQLite file or a PostgreSQL URL), by default a new file in ``tmp_path``."""
     options = {"queued_seconds": 0.02, "processing_seconds": 0.1, "long_edge": 256}
     options.update(pixazo_options)
     async with (
@@ -107,4 +128,4 @@ async def make_world(
     ):
         guild = discord_fake.add_guild()
         with discord_fake.patch_discord_py():
-            yield World(discord_fake, pixazo, tmp_path / "kreabot.sqlite3", guild)
+            yield World(discord_fake, pixazo, database or tmp_path / "kreabot.sqlite3", guild)

@@ -987,7 +987,7 @@ class FakeDiscord:
             "mentions": mentions,
             "mention_roles": [str(r) for r in sorted(message.pinged_role_ids)],
             "attachments": [self.render_attachment(a) for a in message.attachments],
-            "embeds": message.embeds,
+            "embeds": [self._render_embed(e, message.attachments) for e in message.embeds],
             "components": message.components,
             "pinned": False,
             "type": message.type,
@@ -1056,6 +1056,32 @@ class FakeDiscord:
                         content="", embeds=[], attachments=[], components=[]
                     )
         return data
+
+    def _render_embed(self, embed: JSON, attachments: list[StoredAttachment]) -> JSON:
+        """An embed as Discord returns it: an `image` or `thumbnail` given as
+        `attachment://<filename>` points at that attachment, with its signed `url` and
+        `proxy_url` and its size (https://discord.com/developers/docs/reference
+        #editing-message-attachments-using-attachments-within-embeds)."""
+        rendered = dict(embed)
+        for key in ("image", "thumbnail"):
+            picture = embed.get(key)
+            url = str(picture.get("url") or "") if isinstance(picture, dict) else ""
+            if not url.startswith("attachment://"):
+                continue
+            name = url.removeprefix("attachment://")
+            found = next((a for a in attachments if a.filename == name), None)
+            if found is None:
+                continue
+            resolved: JSON = {
+                "url": self.signed_url(found),
+                "proxy_url": self.signed_url(found, proxy=True),
+            }
+            if found.width is not None:
+                resolved["width"], resolved["height"] = found.width, found.height
+            if found.content_type:
+                resolved["content_type"] = found.content_type
+            rendered[key] = resolved
+        return rendered
 
     def _compute_pings(self, message: FakeMessage) -> None:
         content = message.content or ""

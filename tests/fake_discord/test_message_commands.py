@@ -8,6 +8,7 @@ with the bot's token comes back blanked, as Discord's gateway page says.
 
 from __future__ import annotations
 
+import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -204,3 +205,21 @@ async def test_a_link_preview_image_is_served_by_the_media_proxy_only(
             assert response.status == 200 and await response.read() == PNG
         async with session.get(preview["proxy_url"].replace("/external/", "/external/0")) as gone:
             assert gone.status == 404
+
+
+async def test_an_embed_showing_an_attachment_is_rendered_with_its_signed_urls(
+    fake_discord: FakeDiscord,
+) -> None:
+    fake, seen = fake_discord, Seen()
+    async with run_bot(make_bot(seen), fake) as bot:
+        channel = bot.get_channel(fake.guild.channel.id)
+        assert isinstance(channel, discord.TextChannel)
+        embed = discord.Embed(title="t").set_image(url="attachment://a.png")
+        sent = await channel.send(embed=embed, file=discord.File(io.BytesIO(PNG), "a.png"))
+        stored = fake.message(sent.id)
+        await (await fake.message_command("Peek", stored)).wait_for_response()
+    assert stored.embeds[0]["image"] == {"url": "attachment://a.png"}  # as the bot sent it
+    for message in (sent, seen.targets[0], seen.fetched[0]):
+        image, (attachment,) = message.embeds[0].image, message.attachments
+        assert (image.url, image.proxy_url) == (attachment.url, attachment.proxy_url)
+        assert (image.width, image.height) == (2, 3)

@@ -28,7 +28,7 @@ import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -36,6 +36,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.app import RESTARTING, KreaBot
 from bot.delivery import PROBE_BYTES, Channel, DiscordDelivery, jump_url
 from bot.errors import UserError
 from bot.imaging import NOT_AN_IMAGE, ImageIncomplete, ImageRejected
@@ -47,9 +48,6 @@ from bot.settings import Settings
 from bot.storage.jobs import Reference
 from cogs.imagine import IMAGE_EXTENSIONS, human_size
 from cogs.variations import submitted_values
-
-if TYPE_CHECKING:
-    from bot.app import KreaBot
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +64,6 @@ MAX_SOURCE_IMAGES = 4
 SEEN_SECONDS = 3600.0
 SEEN_MAX = 1000
 SNOWFLAKE_MAX = 2**64 - 1
-RESTARTING = "kreabot is restarting; please try again in a minute."
 
 IN_SERVERS_ONLY = "these commands work on messages in a server, not in direct messages"
 NOT_HERE = "that message is not in this server"
@@ -146,7 +143,7 @@ def _looks_like_image(attachment: discord.Attachment) -> bool:
 
 def _described(attachment: discord.Attachment) -> str:
     content_type = (attachment.content_type or "").split(";")[0].strip()
-    return f"`{attachment.filename[:80]}` ({content_type or 'not an image'})"
+    return f"`{attachment.filename[:80]}` is {content_type or 'not an image'}"
 
 
 def source_images(message: discord.Message) -> tuple[list[SourceImage], list[str]]:
@@ -405,10 +402,15 @@ class ContextMenusCog(commands.Cog):
             try:
                 channel = await self.bot.fetch_channel(channel_id)
             except (discord.NotFound, discord.Forbidden):
-                raise UserError(NOT_HERE) from None
-            if getattr(getattr(channel, "guild", None), "id", None) != guild.id:
-                raise UserError(NOT_HERE)
-        if not isinstance(channel, Channel):  # a text, thread, voice or stage chat
+                channel = None
+        in_guild = getattr(getattr(channel, "guild", None), "id", None) == guild.id
+        if not in_guild or not isinstance(channel, Channel):  # text, thread, voice or stage
+            log.info(
+                "member %s sent a form naming channel %s, not one of server %s",
+                interaction.user.id,
+                channel_id,
+                guild.id,
+            )
             raise UserError(NOT_HERE)
         if channel.id == interaction.channel_id:
             permissions = interaction.permissions  # Discord's own count for the member here
@@ -417,6 +419,9 @@ class ContextMenusCog(commands.Cog):
         else:
             permissions = discord.Permissions.none()
         if not (permissions.view_channel and permissions.read_message_history):
+            log.info(
+                "member %s cannot read channel %s; form refused", interaction.user.id, channel.id
+            )
             raise UserError(YOU_CANNOT_READ)
         try:
             return await channel.fetch_message(message_id)

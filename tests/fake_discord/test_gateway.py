@@ -256,14 +256,23 @@ async def test_discord_py_reads_zstd_and_zlib_streams(
 
 
 def guilds_on_every_shard(fake: FakeDiscord, shards: int, per_shard: int = 1) -> list[FakeGuild]:
-    """Add guilds until each shard has `per_shard`; ids differ in their timestamp, so the
-    fake's clock moves a millisecond between guilds."""
+    """Add guilds until each shard has exactly `per_shard`; ids differ in their timestamp,
+    so the fake's clock moves a millisecond between guilds. A guild landing on a shard that
+    is already full is dropped again (call before any bot connects): how many milliseconds
+    pass between two ids depends on the machine's load, so a shard could otherwise end up
+    with more than `per_shard` (and a `max_guilds_per_shard` test with close code 4011)."""
     guilds = list(fake.guilds.values())
-    while any(
-        sum(1 for g in guilds if (g.id >> 22) % shards == s) < per_shard for s in range(shards)
-    ):
+
+    def on(shard: int) -> int:
+        return sum(1 for g in guilds if (g.id >> 22) % shards == shard)
+
+    while any(on(s) < per_shard for s in range(shards)):
         fake.advance(0.001)
-        guilds.append(fake.add_guild(f"guild {len(guilds)}"))
+        guild = fake.add_guild(f"guild {len(guilds)}")
+        if on((guild.id >> 22) % shards) >= per_shard:
+            del fake.guilds[guild.id]
+        else:
+            guilds.append(guild)
     return guilds
 
 

@@ -30,7 +30,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 #: The cogs loaded at start, in order.
-EXTENSIONS: tuple[str, ...] = ("cogs.imagine", "cogs.variations", "cogs.settings", "cogs.jobs")
+EXTENSIONS: tuple[str, ...] = (
+    "cogs.imagine",
+    "cogs.context_menus",
+    "cogs.variations",
+    "cogs.settings",
+    "cogs.jobs",
+)
 RESTARTING = "kreabot is restarting; please try again in a minute."
 #: Seconds between two identifies of one max_concurrency bucket (Discord's rule).
 IDENTIFY_INTERVAL = 5.0

@@ -16,9 +16,12 @@ log = logging.getLogger(__name__)
 
 
 def command_hash(tree: app_commands.CommandTree[Any], guild: discord.abc.Snowflake | None) -> str:
-    """A hash of the command set as Discord would receive it."""
+    """A hash of the command set as Discord would receive it: slash commands and context
+    menus alike, so adding, removing or changing either is synced."""
     payload = [command.to_dict(tree) for command in tree._get_all_commands(guild=guild)]
-    text = json.dumps(sorted(payload, key=lambda c: c["name"]), sort_keys=True)
+    # Slash commands and context menus (types 1 and 3) may share a name.
+    ordered = sorted(payload, key=lambda c: (c.get("type", 1), c["name"]))
+    text = json.dumps(ordered, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -11,6 +11,8 @@ from bot.events import Failure, Progress
 from bot.storage.jobs import Job, Reference
 
 EMBED_COLOUR = discord.Colour(0x7C5CFF)
+#: Sources that link to a message (a jump URL), with the name of their field on the result.
+LINKED_SOURCES = {"style_from": "Style from", "avoid_style_of": "Avoiding the style of"}
 FAILED_COLOUR = discord.Colour(0xE5484D)
 
 
@@ -171,6 +173,9 @@ def result_embed(job: Job, *, filename: str, parent_url: str | None = None) -> d
         if away:
             parts.append(f"avoid {len(away)} ×{', '.join(_strength(r.strength) for r in away)}")
         embed.add_field(name="Style references", value="; ".join(parts), inline=False)
+    for key, name in LINKED_SOURCES.items():
+        if job.sources.get(key):
+            embed.add_field(name=name, value=f"[the source message]({job.sources[key]})")
     embed.add_field(name="Requested by", value=f"<@{job.user_id}>", inline=True)
     if parent_url and job.parent_id:
         what = (job.variant or "variation").replace("_", " ")

@@ -39,6 +39,9 @@ class Inputs:
     references: list[Reference] = field(default_factory=list)
     #: The seed was drawn at random (shown as such on the result).
     random_seed: bool = False
+    #: Where more of the job came from, shown on the result (e.g. ``style_from``: a link to
+    #: the message whose images are the references).
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -126,7 +129,7 @@ def resolve(
 ) -> Resolved:
     """The effective request for a job. Raises :class:`UserError` when it cannot be made."""
     prefs = prefs or {}
-    sources: dict[str, str] = {"seed": "random" if inputs.random_seed else OPTION}
+    sources: dict[str, str] = {**inputs.sources, "seed": "random" if inputs.random_seed else OPTION}
 
     aspect, sources["aspect_ratio"] = _layered(
         "aspect_ratio", inputs.aspect_ratio, prefs, config, channel_id

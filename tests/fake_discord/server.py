@@ -28,13 +28,17 @@ Interactions (each returns an `InteractionHandle`, see models.py):
     the Python value; `Upload(...)` -> attachment option resolved with a signed CDN URL).
     `attachment_size_limit` defaults to max(guild's limit, the member's Nitro limit).
     `autocomplete(name, options, focused=...)`, `click(message, custom_id, *, values, user)`,
-    `submit_modal(handle_that_got_the_modal, {custom_id: value}, *, user)`.
+    `submit_modal(handle_that_got_the_modal, {custom_id: value}, *, user)`,
+    `message_command(name, message, *, user)` (a message context menu: Apps -> `name`; in
+    a DM channel from `dm_channel(user)` too).
 
 Other events: `emit(event, data) -> sessions reached` (filtered by the intents each session
     identified with and routed to the guild's shard; `dispatch` is the same without the
     result), `react(message, emoji, user)`, `unreact(...)`, `post_message(channel, content,
-    author)`, `delete_message(message)`, `await storm(rate=2000, duration=1.0, *, guild,
-    kinds=STORM_KINDS) -> StormReport` (busy-server chatter for benchmarks).
+    author, attachments=[Upload], embeds=[...])` (`external_image(data)` is an embed image
+    served by the media proxy, as in a link preview), `delete_message(message)`,
+    `await storm(rate=2000, duration=1.0, *, guild, kinds=STORM_KINDS) -> StormReport`
+    (busy-server chatter for benchmarks).
 
 Reading back: `messages(channel=None, include_deleted=..., include_ephemeral=...)`,
     `message(id)`, `last_message(channel)`, `requests`, `find_requests(method, route)`,
@@ -58,9 +62,11 @@ message/embeds/components/modal/choices limits (400/50035), empty message (400/5
 over the limit per attachment (413/40005), at most 10 attachments, rate limits (429 with
 Discord's headers, ratelimits.py), unknown message (404/10008), unknown channel (404/10003),
 channel permissions for bot-token sends and reads, Connect for voice/stage chat reads
-(403/50001, 403/50013), editing others' messages (403/50005). Gateway: intents (intents.py),
-shards (4010, 4011), identify rate per max_concurrency bucket (recorded; op 9 if enforced),
-privileged intents (4014), zlib-stream/zstd-stream transport compression when asked for.
+(403/50001, 403/50013), editing others' messages (403/50005), messages blanked for an app
+without the Message Content intent (`privileged_intents`; `app_reads_content`). Gateway:
+intents (intents.py), shards (4010, 4011), identify rate per max_concurrency bucket (recorded;
+op 9 if enforced), privileged intents (4014), zlib-stream/zstd-stream transport compression
+when asked for.
 """
 
 # The test-facing API takes `timeout=` as the brief asks (asyncio.timeout would be clumsier).
@@ -138,6 +144,15 @@ SENDABLE_FLAGS = EDITABLE_FLAGS | MESSAGE_FLAG_EPHEMERAL | (1 << 12)  # 1<<12 su
 NONCE_WINDOW = 5 * 60.0
 IDENTIFY_WINDOW = 5.0  # seconds per identify bucket (gateway docs, "max_concurrency")
 SESSION_START_TOTAL = 1000  # identifies per 24 h (gateway docs, "Session Start Limit")
+#: The bot's permissions in its DM with a user (`app_permissions` of a BOT_DM interaction).
+DM_APP_PERMISSIONS = (
+    Permission.VIEW_CHANNEL
+    | Permission.SEND_MESSAGES
+    | Permission.EMBED_LINKS
+    | Permission.ATTACH_FILES
+    | Permission.READ_MESSAGE_HISTORY
+    | Permission.ADD_REACTIONS
+)
 
 
 def _iso(ts: float | None) -> str | None:
@@ -452,6 +467,8 @@ class FakeDiscord:
         self.users: dict[int, FakeUser] = {self.bot_user.id: self.bot_user}
         self._messages: dict[int, FakeMessage] = {}
         self._attachments: dict[int, StoredAttachment] = {}
+        # Images of link previews served by the media proxy: key -> (content type, bytes).
+        self._external: dict[str, tuple[str | None, bytes]] = {}
         self._commands: dict[int | None, dict[tuple[str, int], JSON]] = {}
         self.command_syncs = 0
         self.sync_log: list[SyncRecord] = []
@@ -498,6 +515,7 @@ class FakeDiscord:
         app.router.add_get("/gateway", self._gateway_handler)
         app.router.add_get("/gateway/", self._gateway_handler)
         app.router.add_get("/attachments/{channel}/{attachment}/{filename}", self._cdn_handler)
+        app.router.add_get("/external/{key}/{tail:.*}", self._external_handler)
         app.router.add_route("*", "/api/{tail:.*}", self._api_handler)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
         await self._runner.setup()
@@ -836,6 +854,45 @@ class FakeDiscord:
             headers={"Content-Type": stored.content_type or "application/octet-stream"},
         )
 
+    def external_image(
+        self,
+        data: bytes,
+        *,
+        filename: str = "preview.png",
+        content_type: str | None = None,
+        origin: str = "https://images.example.invalid",
+    ) -> JSON:
+        """An embed image object (https://discord.com/developers/docs/resources/message
+        #embed-object-embed-image-structure) for a picture hosted elsewhere, as in a link
+        preview: `url` is the picture's own address (never served here, like a site the bot
+        must not fetch) and `proxy_url` the copy Discord's media proxy serves, from this fake
+        (unsigned and without expiry, like `images-ext-*.discordapp.net/external/...`).
+        Put it in an embed's `image` or `thumbnail` and pass the embed to `post_message`."""
+        key = secrets.token_hex(8)
+        if content_type is None:
+            content_type = mimetypes.guess_type(filename)[0]
+        self._external[key] = (content_type, data)
+        host = urlsplit(origin).netloc
+        image: JSON = {
+            "url": f"{origin}/{key}/{quote(filename)}",
+            "proxy_url": f"{self.http_url}/external/{key}/https/{host}/{key}/{quote(filename)}",
+        }
+        width, height = _image_size(data)
+        if width is not None:
+            image["width"], image["height"] = width, height
+        if content_type is not None:
+            image["content_type"] = content_type
+        return image
+
+    async def _external_handler(self, request: web.Request) -> web.Response:
+        found = self._external.get(request.match_info["key"])
+        if found is None:
+            return web.Response(status=404, text="Not Found")
+        content_type, data = found
+        return web.Response(
+            body=data, headers={"Content-Type": content_type or "application/octet-stream"}
+        )
+
     def _store_attachment(
         self,
         channel_id: int,
@@ -932,7 +989,7 @@ class FakeDiscord:
             "mentions": mentions,
             "mention_roles": [str(r) for r in sorted(message.pinged_role_ids)],
             "attachments": [self.render_attachment(a) for a in message.attachments],
-            "embeds": message.embeds,
+            "embeds": [self._render_embed(e, message.attachments) for e in message.embeds],
             "components": message.components,
             "pinned": False,
             "type": message.type,
@@ -970,6 +1027,63 @@ class FakeDiscord:
                     self.render_message(ref, depth=1) if ref and not ref.deleted else None
                 )
         return data
+
+    def app_reads_content(self, message: FakeMessage) -> bool:
+        """Whether the bot may see `message`'s content, embeds, attachments and components.
+
+        Without the Message Content intent enabled for the app (`privileged_intents`), Discord
+        sends "empty values in fields that contain user-inputted content", in API responses
+        and gateway events alike, except for "messages that an app sends", "DMs with the
+        app", messages "in which the app is mentioned" and "the message a message context
+        menu command is used on" (https://discord.com/developers/docs/events/gateway
+        #message-content-intent). The last one is the interaction's `resolved.messages`,
+        which is rendered in full; a later fetch of the same message is not exempt."""
+        if self.privileged_intents & Intent.MESSAGE_CONTENT:
+            return True
+        if message.author.id == self.bot_user.id or message.guild_id is None:
+            return True
+        mentioned = {int(u) for u in re.findall(r"<@!?(\d+)>", message.content or "")}
+        return self.bot_user.id in mentioned
+
+    def render_for_app(self, message: FakeMessage) -> JSON:
+        """The message as the bot's token gets it (REST and gateway): blanked as Discord does
+        when the app may not read its content (`app_reads_content`)."""
+        data = self.render_message(message)
+        if not self.app_reads_content(message):
+            data.update(content="", embeds=[], attachments=[], components=[])
+            if data.get("referenced_message") and message.message_reference is not None:
+                ref = self._messages.get(int(message.message_reference["message_id"]))
+                if ref is not None and not self.app_reads_content(ref):
+                    data["referenced_message"].update(
+                        content="", embeds=[], attachments=[], components=[]
+                    )
+        return data
+
+    def _render_embed(self, embed: JSON, attachments: list[StoredAttachment]) -> JSON:
+        """An embed as Discord returns it: an `image` or `thumbnail` given as
+        `attachment://<filename>` points at that attachment, with its signed `url` and
+        `proxy_url` and its size (https://discord.com/developers/docs/reference
+        #editing-message-attachments-using-attachments-within-embeds)."""
+        rendered = dict(embed)
+        for key in ("image", "thumbnail"):
+            picture = embed.get(key)
+            url = str(picture.get("url") or "") if isinstance(picture, dict) else ""
+            if not url.startswith("attachment://"):
+                continue
+            name = url.removeprefix("attachment://")
+            found = next((a for a in attachments if a.filename == name), None)
+            if found is None:
+                continue
+            resolved: JSON = {
+                "url": self.signed_url(found),
+                "proxy_url": self.signed_url(found, proxy=True),
+            }
+            if found.width is not None:
+                resolved["width"], resolved["height"] = found.width, found.height
+            if found.content_type:
+                resolved["content_type"] = found.content_type
+            rendered[key] = resolved
+        return rendered
 
     def _compute_pings(self, message: FakeMessage) -> None:
         content = message.content or ""
@@ -1192,8 +1306,13 @@ class FakeDiscord:
         *,
         author: FakeMember | FakeUser | None = None,
         attachments: Sequence[Upload] = (),
+        embeds: Sequence[JSON] = (),
     ) -> FakeMessage:
-        """A user posts a message (MESSAGE_CREATE goes to sessions with GUILD_MESSAGES)."""
+        """A user posts a message (MESSAGE_CREATE goes to sessions with GUILD_MESSAGES).
+
+        `embeds` are stored as given, e.g. a link preview whose `image` or `thumbnail` is
+        an `external_image(...)`; they are not checked against the embed limits (Discord
+        builds link previews itself)."""
         channel = channel or self.guild.channel
         _, guild = self._find_channel(channel.id)
         if author is None:
@@ -1205,6 +1324,7 @@ class FakeDiscord:
             guild_id=guild.id if guild else None,
             author=user,
             content=content,
+            embeds=[dict(embed) for embed in embeds],
             created_at=self.wall_time(),
         )
         for upload in attachments:
@@ -1215,7 +1335,7 @@ class FakeDiscord:
             )
         self._compute_pings(message)
         self._messages[message.id] = message
-        data = self.render_message(message)
+        data = self.render_for_app(message)
         if guild is not None and isinstance(author, FakeMember):
             data["member"] = author.payload(with_user=False)
         await self.dispatch("MESSAGE_CREATE", data)
@@ -1309,11 +1429,14 @@ class FakeDiscord:
         gid = guild.id if isinstance(guild, FakeGuild) else guild
         return list(self._commands.get(gid, {}).values())
 
-    def command(self, name: str, guild: FakeGuild | int | None = None) -> JSON | None:
-        """A synced chat-input command by name: the guild's first, then the global one."""
+    def command(
+        self, name: str, guild: FakeGuild | int | None = None, *, type: int = 1
+    ) -> JSON | None:
+        """A synced command by name and type (1 chat input, 2 user, 3 message): the guild's
+        first, then the global one."""
         gid = guild.id if isinstance(guild, FakeGuild) else guild
         for scope in ([gid] if gid is not None else []) + [None]:
-            found = self._commands.get(scope, {}).get((name, 1))
+            found = self._commands.get(scope, {}).get((name, type))
             if found is not None:
                 return found
         return None
@@ -1475,7 +1598,7 @@ class FakeDiscord:
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": self.gateway_url,
-            "application": {"id": str(self.application_id), "flags": 0},
+            "application": {"id": str(self.application_id), "flags": self.application_flags},
             "private_channels": [],
             "relationships": [],
             "user_settings": {},
@@ -1810,21 +1933,51 @@ class FakeDiscord:
             payload["message"] = self.render_message(message)
         return payload
 
+    def _dm_interaction_payload(
+        self, itype: int, data: JSON, *, channel: FakeChannel, user: FakeUser, locale: str
+    ) -> JSON:
+        """An interaction in the bot's DM with `user` (context 1, BOT_DM): `user` instead of
+        `member`, no guild (https://discord.com/developers/docs/interactions/receiving-and-
+        responding#interaction-object)."""
+        iid = self.new_id()
+        return {
+            "id": str(iid),
+            "application_id": str(self.application_id),
+            "type": itype,
+            "data": data,
+            "channel_id": str(channel.id),
+            "channel": channel.payload(),
+            "user": user.payload(),
+            "token": f"fake-itoken-{iid}-{secrets.token_hex(16)}",
+            "version": 1,
+            "locale": locale,
+            "app_permissions": str(DM_APP_PERMISSIONS),
+            "entitlements": [],
+            "entitlement_sku_ids": [],
+            # A guild-installed app in its bot's DM: "0" for the guild install.
+            "authorizing_integration_owners": {"0": "0"},
+            "context": 1,
+            "attachment_size_limit": DEFAULT_FILESIZE_LIMIT,
+        }
+
     async def _dispatch_interaction(
         self,
         payload: JSON,
         *,
-        guild: FakeGuild,
+        guild: FakeGuild | None,
         channel: FakeChannel,
-        member: FakeMember,
+        member: FakeMember | None = None,
         message: FakeMessage | None = None,
+        user: FakeUser | None = None,
     ) -> InteractionHandle:
+        who = member.user if member is not None else user
+        assert who is not None, "an interaction needs a member or a user"
         handle = InteractionHandle(
             self,
             payload,
             guild=guild,
             channel=channel,
-            user=member.user,
+            user=who,
             source_message=message,
             attachment_size_limit=payload["attachment_size_limit"],
         )
@@ -1974,6 +2127,89 @@ class FakeDiscord:
             member=member,
             attachment_size_limit=attachment_size_limit,
             locale=locale,
+        )
+        return await self._dispatch_interaction(
+            payload, guild=guild, channel=channel, member=member
+        )
+
+    def dm_channel(self, user: FakeUser | FakeMember) -> FakeChannel:
+        """The bot's DM channel with `user` (created on first use, as `POST
+        /users/@me/channels` does)."""
+        recipient = user.user if isinstance(user, FakeMember) else user
+        for channel in self.dm_channels.values():
+            if channel.recipient is recipient:
+                return channel
+        channel = FakeChannel(self.new_id(), None, "", type=1, recipient=recipient)
+        self.dm_channels[channel.id] = channel
+        return channel
+
+    async def message_command(
+        self,
+        name: str,
+        message: FakeMessage | int,
+        *,
+        user: FakeMember | FakeUser | None = None,
+        locale: str = "en-US",
+        strict: bool = True,
+    ) -> InteractionHandle:
+        """A member uses a message context menu command (Apps → `name`) on `message`.
+
+        The interaction (type 2, `data.type` 3) comes from the message's channel with
+        `data.target_id` and the message in full in `data.resolved.messages` (exempt from
+        the Message Content rule, see `app_reads_content`). In a guild the default user is
+        `guild.member`; in a DM it is the channel's recipient. With `strict` (default) the
+        command must have been synced with a `contexts` that allows where it is used (0 in a
+        server, 1 in the bot's DM; none listed: every context), and the message must exist:
+        otherwise Discord would not offer the command.
+        """
+        if isinstance(message, int):
+            message = self._messages[message]
+        channel, guild = self._find_channel(message.channel_id)
+        if channel is None:
+            raise LookupError(f"message {message.id} is not in a known channel")
+        command = self.command(name, guild, type=3)
+        context = 0 if guild is not None else 1
+        if strict:
+            if command is None:
+                raise LookupError(
+                    f"message command {name!r} was never synced to the fake (Discord could "
+                    "not send it); pass strict=False to dispatch it anyway"
+                )
+            contexts = command.get("contexts")
+            dm_allowed = command.get("dm_permission") is not False
+            if (contexts is not None and context not in contexts) or (
+                context == 1 and contexts is None and not dm_allowed
+            ):
+                raise LookupError(
+                    f"message command {name!r} is not offered in interaction context {context}"
+                )
+            if message.deleted or message.ephemeral:
+                raise LookupError(f"no message {message.id} to use {name!r} on")
+        data: JSON = {
+            "id": command["id"] if command else str(self.new_id()),
+            "name": name,
+            "type": 3,
+            "target_id": str(message.id),
+            "resolved": {"messages": {str(message.id): self.render_message(message)}},
+        }
+        if guild is not None and (command is None or command.get("guild_id")):
+            data["guild_id"] = str(guild.id)
+        if guild is None:
+            recipient = user.user if isinstance(user, FakeMember) else user
+            recipient = recipient or channel.recipient
+            if recipient is None:
+                raise LookupError(f"DM channel {channel.id} has no recipient")
+            payload = self._dm_interaction_payload(
+                2, data, channel=channel, user=recipient, locale=locale
+            )
+            return await self._dispatch_interaction(
+                payload, guild=None, channel=channel, user=recipient
+            )
+        if isinstance(user, FakeUser):
+            user = guild.members[user.id]
+        guild, channel, member = self._resolve_scope(guild, channel, user)
+        payload = self._interaction_payload(
+            2, data, guild=guild, channel=channel, member=member, locale=locale
         )
         return await self._dispatch_interaction(
             payload, guild=guild, channel=channel, member=member
@@ -2460,12 +2696,22 @@ class FakeDiscord:
         recipient = self.users.get(int((ctx.json or {}).get("recipient_id", 0)))
         if recipient is None:
             raise DiscordApiError(400, 50035, "Invalid Form Body")
-        for channel in self.dm_channels.values():
-            if channel.recipient is recipient:
-                return 200, channel.payload()
-        channel = FakeChannel(self.new_id(), None, "", type=1, recipient=recipient)
-        self.dm_channels[channel.id] = channel
-        return 200, channel.payload()
+        return 200, self.dm_channel(recipient).payload()
+
+    @property
+    def application_flags(self) -> int:
+        """The application's flags: the `_LIMITED` flag of each privileged intent enabled
+        (`privileged_intents`), as for an app in fewer than 100 servers that toggled it on its
+        Bot page (https://discord.com/developers/docs/resources/application
+        #application-object-application-flags)."""
+        flags = 0
+        if self.privileged_intents & Intent.GUILD_PRESENCES:
+            flags |= 1 << 13  # GATEWAY_PRESENCE_LIMITED
+        if self.privileged_intents & Intent.GUILD_MEMBERS:
+            flags |= 1 << 15  # GATEWAY_GUILD_MEMBERS_LIMITED
+        if self.privileged_intents & Intent.MESSAGE_CONTENT:
+            flags |= 1 << 19  # GATEWAY_MESSAGE_CONTENT_LIMITED
+        return flags
 
     async def _get_application(self, ctx: _Ctx) -> tuple[int, Any]:
         return 200, {
@@ -2480,7 +2726,7 @@ class FakeDiscord:
             "verify_key": "0" * 64,
             "owner": self.app_owner.payload(),
             "team": None,
-            "flags": 0,
+            "flags": self.application_flags,
             "bot": self.bot_user.payload(),
             "interactions_endpoint_url": None,
             "install_params": None,
@@ -2856,11 +3102,11 @@ class FakeDiscord:
             found = older + newer
         else:
             found = found[-limit:]
-        return 200, [self.render_message(m) for m in reversed(found)]
+        return 200, [self.render_for_app(m) for m in reversed(found)]
 
     async def _get_message(self, ctx: _Ctx) -> tuple[int, Any]:
         _, _, message = self._channel_message(ctx, read=True)
-        return 200, self.render_message(message)
+        return 200, self.render_for_app(message)
 
     async def _patch_message(self, ctx: _Ctx) -> tuple[int, Any]:
         _, guild, message = self._channel_message(ctx)

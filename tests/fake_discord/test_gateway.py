@@ -256,8 +256,11 @@ async def test_discord_py_reads_zstd_and_zlib_streams(
 
 
 def guilds_on_every_shard(fake: FakeDiscord, shards: int, per_shard: int = 1) -> list[FakeGuild]:
-    """Add guilds until each shard has `per_shard`; ids differ in their timestamp, so the
-    fake's clock moves a millisecond between guilds."""
+    """Add guilds until each shard has exactly `per_shard`; ids differ in their timestamp,
+    so the fake's clock moves a millisecond between guilds. A guild landing on a shard that
+    is already full is dropped again (call before any bot connects): how many milliseconds
+    pass between two ids depends on the machine's load, so a shard could otherwise end up
+    with more than `per_shard` (and a `max_guilds_per_shard` test with close code 4011)."""
     guilds = list(fake.guilds.values())
 
     def count(shard: int) -> int:

@@ -29,6 +29,7 @@ import discord
 
 from bot.admission import Breaker
 from bot.app import KreaBot
+from bot.cluster import Cluster, process_id
 from bot.commands_sync import CommandSync
 from bot.delivery import DiscordDelivery
 from bot.fair_use import FairUse
@@ -52,6 +53,7 @@ from bot.storage.db import (
 )
 from bot.storage.interface import redact_url, url_password
 from bot.storage.jobs import ACTIVE_STATES, JobRepository
+from bot.storage.leases import Lease, LeaseStore
 from bot.web import Readiness, WebServer
 from bot.webhooks import webhook_url
 
@@ -118,7 +120,8 @@ def build_services(
 ) -> Services:
     """Every long-lived piece, each given only what it uses. Data flows one way:
     interaction → job service → stored job → runner (submit, poll, download) → delivery."""
-    jobs = JobRepository(db, clock)
+    leases = LeaseStore(db, Lease(process_id(), settings.LEASE_SECONDS), clock)
+    jobs = JobRepository(db, clock, lease=leases.lease)
     config = ConfigStore(db, clock)
     fair_use = FairUse(settings, config, clock)
     metrics = Metrics(
@@ -172,6 +175,19 @@ def build_services(
         ),
         webhook_poll_schedule=PollSchedule(first=safety, interval=safety, factor=1.0, cap=safety),
         metrics=metrics,
+        leases=leases,
+        clock=clock,
+    )
+    shards = settings.own_shards()
+    cluster = Cluster(
+        db,
+        leases,
+        jobs,
+        runner,
+        polls_per_second=settings.STATUS_POLLS_PER_SECOND * RATE_HEADROOM,
+        shards=",".join(map(str, shards)) if shards is not None else "",
+        exclusive=db.dialect.name == "sqlite",
+        metrics=metrics,
         clock=clock,
     )
     web = None
@@ -198,6 +214,8 @@ def build_services(
                 breaker_reason=runner.breaker.reason,
                 discord_connected=bot.connected(),
                 discord_latencies=shard_latencies(bot),
+                guilds_by_shard=bot.guilds_by_shard(),
+                cluster_processes=cluster.live_processes,
             )
             return metrics.render(snapshot, accept)
 
@@ -207,7 +225,7 @@ def build_services(
             settings.HTTP_PORT,
             readiness=readiness,
             exposition=exposition,
-            wake=runner.wake,
+            wake=cluster.wake,
             metrics=metrics,
             webhook_secret=secret.get_secret_value() if secret else None,
         )
@@ -223,19 +241,29 @@ def build_services(
         images=images,
         delivery=delivery,
         runner=runner,
+        cluster=cluster,
         job_service=JobService(jobs, config, fair_use, runner, delivery, clock),
-        commands=CommandSync(bot.tree, config, settings.DEV_GUILD_ID),
+        commands=CommandSync(bot.tree, config, settings.DEV_GUILD_ID, db),
         maintenance=Maintenance(
             config,
             jobs,
             settings.RETENTION_DAYS,
-            is_present=lambda guild_id: bot.get_guild(guild_id) is not None,
+            is_present=functools.partial(guild_present, bot),
             clock=clock,
         ),
         ready=bot.wait_until_ready,
         web=web,
         poll_planner=planner,
     )
+
+
+def guild_present(bot: KreaBot, guild_id: int) -> bool | None:
+    """Whether the bot is in a server; None when the server is on a shard another process
+    runs (this one cannot tell)."""
+    if bot.get_guild(guild_id) is not None:
+        return True
+    count = bot.shard_count or 1
+    return False if (guild_id >> 22) % count in bot.shards else None
 
 
 @contextlib.asynccontextmanager

@@ -166,6 +166,13 @@ class KreaBot(commands.AutoShardedBot):
         """Each shard this process runs and its gateway latency in seconds."""
         return {shard_id: latency for shard_id, latency in self.latencies}
 
+    def guilds_by_shard(self) -> list[tuple[int, int]]:
+        """Each shard this process runs and how many servers are on it."""
+        counts = dict.fromkeys(self.shards, 0)
+        for guild in self.guilds:
+            counts[guild.shard_id] = counts.get(guild.shard_id, 0) + 1
+        return sorted(counts.items())
+
     def connected(self) -> bool:
         """Whether the gateway connection is open and the bot logged in."""
         # A shard's ``ws`` outlives a dropped connection (discord.py reconnects with a new

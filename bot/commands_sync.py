@@ -11,6 +11,7 @@ import discord
 from discord import app_commands
 
 from bot.storage.config import ConfigStore
+from bot.storage.db import Database
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,12 @@ class CommandSync:
         tree: app_commands.CommandTree[Any],
         config: ConfigStore,
         dev_guild_id: int | None = None,
+        db: Database | None = None,
     ) -> None:
         self._tree = tree
         self._config = config
         self._dev_guild_id = dev_guild_id
+        self._db = db
 
     async def sync(self, guild_id: int | None = None, *, only_if_changed: bool) -> bool:
         """Register the slash commands globally, or in one guild (``guild_id`` or DEV_GUILD_ID).
@@ -45,7 +48,19 @@ class CommandSync:
         the last sync. Registering in one guild removes the global commands registered by an
         earlier global sync (and a global sync removes those of the guild synced before), so
         a member never sees every command twice. Returns whether a sync was sent.
+
+        With several processes on one database, one syncs at a time (an advisory lock); a
+        process that finds another syncing skips (the other sends the same commands).
         """
+        if self._db is None:
+            return await self._sync(guild_id, only_if_changed=only_if_changed)
+        async with self._db.try_lock("kreabot", "command-sync") as held:
+            if not held:
+                log.info("another process is syncing the slash commands; not syncing here")
+                return False
+            return await self._sync(guild_id, only_if_changed=only_if_changed)
+
+    async def _sync(self, guild_id: int | None, *, only_if_changed: bool) -> bool:
         guild_id = guild_id or self._dev_guild_id
         guild = discord.Object(guild_id) if guild_id else None
         if guild is not None:

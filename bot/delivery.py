@@ -358,8 +358,13 @@ class DiscordDelivery:
         """Tell each server's log channel (once per pause) that submissions stopped."""
         text = PAUSE_NOTICES.get(reason, PAUSE_NOTICES["outage"])
         for guild_id, channel_id in await self.config.log_channels():
-            channel = self.client.get_channel(channel_id)
-            if not isinstance(channel, discord.TextChannel | discord.Thread):
+            # By REST: the server may be on a shard another process runs (not in the cache).
+            channel = self.client.get_channel(channel_id) or self.client.get_partial_messageable(
+                channel_id, guild_id=guild_id
+            )
+            if not isinstance(
+                channel, discord.TextChannel | discord.Thread | discord.PartialMessageable
+            ):
                 continue
             try:
                 await channel.send(text, allowed_mentions=NO_MENTIONS)

@@ -121,8 +121,18 @@ async def reply_privately(interaction: discord.Interaction[Any], text: str) -> N
         log.warning("could not tell member %s why their request failed", interaction.user.id)
 
 
+#: Discord's code for an interaction another client already answered.
+ALREADY_ANSWERED = 40060
+
+
 async def report_error(interaction: discord.Interaction[Any], error: BaseException) -> None:
-    """The one way an error ends: a private, plain message."""
+    """The one way an error ends: a private, plain message. Except when another process
+    answered the interaction first (two processes on one shard, as during a rolling
+    restart, both get every event): it is that process's, and nothing was done here."""
+    cause = getattr(error, "original", error)
+    if isinstance(cause, discord.HTTPException) and cause.code == ALREADY_ANSWERED:
+        log.info("interaction %s: answered by another process", interaction.id)
+        return
     await reply_privately(interaction, describe_error(interaction, error))
 
 

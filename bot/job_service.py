@@ -265,6 +265,10 @@ class JobService:
             (cancelled if await self._runner.cancel(job) else kept).append(job)
         return cancelled, kept
 
+    async def take_window(self, key: str, seconds: float) -> bool:
+        """Take a one-shot window shared by every process (True for the one that got it)."""
+        return await self._config.take_window(key, seconds)
+
     async def member_jobs(self, guild_id: int | None, user_id: int) -> list[tuple[Job, int]]:
         """A member's recent jobs with their place in line (0 when not waiting)."""
         recent = await self._jobs.for_member(guild_id, user_id, 25)

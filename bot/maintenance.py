@@ -25,7 +25,7 @@ class Maintenance:
         jobs: JobRepository,
         retention_days: int,
         *,
-        is_present: Callable[[int], bool],
+        is_present: Callable[[int], bool | None],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._config = config
@@ -43,13 +43,18 @@ class Maintenance:
     async def prune_removed_servers(self) -> int:
         """Delete the job history of servers that removed the bot longer ago than retention.
 
-        A server that added the bot back since keeps its history (and loses the mark).
+        A server that added the bot back since keeps its history (and loses the mark). A
+        server on a shard another process runs is left to that process (``is_present``
+        answers None: this process cannot see it).
         """
         cutoff = self._clock() - self._retention
         pruned = 0
         for key, value in await self._config.meta_with_prefix("removed:"):
             guild_id = int(key.split(":", 1)[1])
-            if self._is_present(guild_id):
+            present = self._is_present(guild_id)
+            if present is None:
+                continue
+            if present:
                 await self._config.delete_meta(key)
                 continue
             if float(value) <= cutoff:
@@ -65,6 +70,7 @@ class Maintenance:
                 pruned = await self.prune_removed_servers()
                 if pruned:
                     log.info("pruned %d job(s) of removed servers", pruned)
+                await self._config.prune_windows()
             except Exception:
                 log.exception("maintenance failed")
             await asyncio.sleep(PRUNE_EVERY_SECONDS)

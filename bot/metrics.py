@@ -136,6 +136,10 @@ class Snapshot:
     discord_connected: bool
     #: (shard id, heartbeat latency in seconds); a shard without a measure yet is left out.
     discord_latencies: Sequence[tuple[int, float]] = field(default_factory=tuple)
+    #: (shard id, servers on it) for the shards this process runs.
+    guilds_by_shard: Sequence[tuple[int, int]] = field(default_factory=tuple)
+    #: Bot processes alive on the database (this one included), at the last heartbeat.
+    cluster_processes: int = 1
 
 
 class Metrics:
@@ -256,6 +260,22 @@ class Metrics:
             ["shard"],
             registry=registry,
         )
+        self.discord_guilds = Gauge(
+            "kreabot_discord_guilds",
+            "Servers on each shard this process runs",
+            ["shard"],
+            registry=registry,
+        )
+        self.cluster_processes = Gauge(
+            "kreabot_cluster_processes",
+            "Bot processes alive on the shared database (this one included)",
+            registry=registry,
+        )
+        self.jobs_taken_over = Counter(
+            "kreabot_jobs_taken_over",
+            "Jobs this process took over from a process that stopped or died",
+            registry=registry,
+        )
         self.discord_rate_limited = Counter(
             "kreabot_discord_rate_limited",
             "Discord REST answers 429, by route template and X-RateLimit-Scope",
@@ -367,6 +387,10 @@ class Metrics:
         for shard, seconds in snapshot.discord_latencies:
             if math.isfinite(seconds):
                 self.discord_latency.labels(str(shard)).set(seconds)
+        self.discord_guilds.clear()
+        for shard, count in snapshot.guilds_by_shard:
+            self.discord_guilds.labels(str(shard)).set(count)
+        self.cluster_processes.set(snapshot.cluster_processes)
 
     def render(self, snapshot: Snapshot, accept: str | None = None) -> tuple[bytes, str]:
         """The exposition (body, content type): the text format, or OpenMetrics when the

@@ -17,6 +17,13 @@ class TokenBucket:
         self._lock = asyncio.Lock()
         self._paused_until = 0.0
 
+    def set_rate(self, rate: float) -> None:
+        """Change the rate (and a burst that followed it); tokens already saved are kept."""
+        if self.burst == max(1.0, self.rate):
+            self.burst = max(1.0, rate)
+            self._tokens = min(self._tokens, self.burst)
+        self.rate = rate
+
     def pause(self, seconds: float) -> None:
         """Hold every acquisition for ``seconds`` (e.g. after a 429 with Retry-After)."""
         self._paused_until = max(self._paused_until, time.monotonic() + seconds)

@@ -14,7 +14,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Protocol, TypeVar
 
@@ -42,6 +42,7 @@ from bot.polling import Backoff, PollPlanner, PollSchedule
 from bot.ratelimit import TokenBucket
 from bot.storage.db import StorageError
 from bot.storage.jobs import ACTIVE_STATES, Job, JobRepository, JobState
+from bot.storage.leases import LeaseStore
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +123,12 @@ class JobRunner:
         webhook_url_for: Callable[[int], str] | None = None,
         webhook_poll_schedule: PollSchedule | None = None,
         metrics: Metrics | None = None,
+        leases: LeaseStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.repo = repo
+        #: Shared with the other processes on the database: job leases and the breaker.
+        self.leases = leases
         self.client = client
         self.observer = observer
         self.breaker = breaker or Breaker()
@@ -147,6 +151,8 @@ class JobRunner:
         self._wakes: dict[int, asyncio.Event] = {}
         self._gateway_done: dict[int, datetime | None] = {}
         self._placed: dict[int, Waiter] = {}
+        #: When the local breaker was opened by this process's own observation (wall clock).
+        self._breaker_seen_at = 0.0
         self._closing = False
         self._probe_task: asyncio.Task[None] | None = None
 
@@ -191,22 +197,67 @@ class JobRunner:
         return True
 
     async def cancel(self, job: Job) -> bool:
-        """Cancel a job that is still waiting in line (never sent, so never paid)."""
+        """Cancel a job that is still waiting in line (never sent, so never paid), whichever
+        process holds it: a job of another process is cancelled in the database, and that
+        process drops it at its next heartbeat (its submit is refused meanwhile)."""
         job = self._jobs.get(job.id, job)
-        if job.state is not JobState.PENDING or not self.admission.withdraw(job.id):
+        if job.state is not JobState.PENDING:
             return False
+        if not await self.repo.cancel_pending(job):
+            return False
+        self.admission.withdraw(job.id)
         task = self._tasks.get(job.id)
         if task is not None:
             task.cancel()
-        await self.repo.update(job, state=JobState.CANCELLED, finished_at=self._clock())
         if self.metrics is not None:
             self.metrics.job_finished(JobState.CANCELLED)
         return True
 
+    def abandon(self, job_ids: Iterable[int]) -> list[int]:
+        """Stop running jobs that are not this process's any more (another process took
+        them over, or they were cancelled elsewhere), writing nothing; returns those stopped."""
+        stopped = []
+        for job_id in job_ids:
+            task = self._tasks.get(job_id)
+            if task is None:
+                continue
+            self.admission.withdraw(job_id)
+            task.cancel()
+            stopped.append(job_id)
+        return stopped
+
+    def running_ids(self) -> list[int]:
+        """The jobs this process runs a task for."""
+        return list(self._tasks)
+
+    def local_state(self, job_id: int) -> JobState | None:
+        """The state of a job this process runs, as it knows it."""
+        job = self._jobs.get(job_id)
+        return job.state if job is not None else None
+
+    def follow_breaker(self, reason: str | None, changed_at: float) -> None:
+        """Take the shared breaker's state (another process opened or closed it)."""
+        if reason is not None and self.breaker.reason is None:
+            self.breaker.open(reason)
+            log.info("submissions paused by another process: %s", reason)
+        elif reason is None and self.breaker.is_open and changed_at > self._breaker_seen_at:
+            self.breaker.close()
+            log.info("another process found the gateway taking requests again; resuming")
+            self.admission.pump()
+
     async def resume(self) -> list[Job]:
-        """Pick up every unfinished job after a start, in order. Returns the jobs resumed."""
+        """Pick up every unfinished job after a start, in order (one process on its
+        database). Returns the jobs resumed."""
+        return await self.adopt(await self.repo.in_states(ACTIVE_STATES))
+
+    async def adopt(self, jobs: Iterable[Job]) -> list[Job]:
+        """Run jobs this process just claimed (after a start, or from a process that died),
+        in order. A job whose paid submit was in flight is marked interrupted, never sent
+        again. Returns the jobs started."""
         resumed = []
-        for job in await self.repo.in_states(ACTIVE_STATES):
+        for job in jobs:
+            if job.id in self._tasks:
+                continue
             if job.state is JobState.SUBMITTING:
                 # The submit may have reached the gateway (and been charged): never re-send it.
                 await self.repo.update(
@@ -281,10 +332,11 @@ class JobRunner:
 
     async def _run(self, job: Job) -> None:
         while job.state is JobState.PENDING:
-            if not await self._wait_turn(job):
+            member_limit = await self._wait_turn(job)
+            if member_limit is None:
                 return
             try:
-                if not await self._submit(job):
+                if not await self._submit(job, member_limit):
                     return
             except _Requeue:
                 self.admission.release(job.id)
@@ -306,8 +358,9 @@ class JobRunner:
         if job.state is JobState.DELIVERING:
             await self._deliver(job)
 
-    async def _wait_turn(self, job: Job) -> bool:
-        """Wait in line until admitted; show the place in line while waiting."""
+    async def _wait_turn(self, job: Job) -> int | None:
+        """Wait in line until admitted; show the place in line while waiting. Returns the
+        member's in-flight limit, or None when the job ended while waiting."""
         waiter = self._placed.pop(job.id, None)
         if waiter is None:  # put back in line after a submit that was certainly not taken
             waiter = self.admission.enqueue(job.id, (job.guild_id, job.user_id), 1)
@@ -322,7 +375,7 @@ class JobRunner:
                     self.admission.withdraw(job.id)
                     kind = GAVE_UP.get(self.breaker.reason or "", "gateway_down")
                     await self._fail(job, Failure(kind, "gave up waiting", True))
-                    return False
+                    return None
                 progress = Progress("paused", note=PAUSED_NOTES.get(self.breaker.reason or ""))
             else:
                 progress = Progress("queued", note=self._queue_note(job.id))
@@ -336,9 +389,9 @@ class JobRunner:
                 continue
             except asyncio.CancelledError:
                 if waiter.admitted.cancelled() and not self._closing:
-                    return False
+                    return None
                 raise
-        return True
+        return limit
 
     def _queue_note(self, job_id: int) -> str | None:
         position = self.admission.position(job_id)
@@ -360,20 +413,30 @@ class JobRunner:
 
         self._probe_task = asyncio.create_task(pump_later(), name="breaker-probe")
 
-    async def _submit(self, job: Job) -> bool:
+    async def _submit(self, job: Job, member_limit: int) -> bool:
         """Send the paid request. False when the job ended; raises _Requeue to wait again."""
         webhook = self._webhook_url_for(job.id) if self._webhook_url_for else None
         await self.polls.wait_unpaused()
         # The mark that a paid request is about to leave is on disk before it leaves: after
-        # a crash the job is then known to be uncertain, never sent again blindly.
+        # a crash the job is then known to be uncertain, never sent again blindly. It is
+        # made only while the job is still pending and this process's, and while its member
+        # has fewer jobs at the gateway than allowed, in every process together.
         try:
-            await self.repo.update(
-                job, state=JobState.SUBMITTING, submitted_at=self._clock(), durable=True
-            )
+            claim = await self.repo.mark_submitting(job, member_limit)
         except StorageError as exc:
             log.error("job %s: not sent, its state cannot be saved: %s", job.id, exc)
             await self._notify_failure(job, Failure("storage", str(exc)))
             return False
+        if claim == "lost":
+            log.info("job %s: not sent, it was cancelled or taken over meanwhile", job.id)
+            return False
+        if claim == "busy":
+            # The member's other jobs, in other processes, are at the gateway.
+            self.admission.release(job.id)
+            note = "waiting; your other images are still being made"
+            await self._progress(job, Progress("queued", note=note))
+            await asyncio.sleep(QUEUE_REFRESH_SECONDS)
+            raise _Requeue
         try:
             accepted = await self._timed("submit", self.client.submit(job.params, webhook))
         except InsufficientBalance:
@@ -406,16 +469,18 @@ class JobRunner:
         except PixazoError as exc:
             await self._fail(job, Failure("gateway_down", exc.message, retryable=True))
             return False
-        if self.breaker.record_success():
-            log.info("the gateway takes requests again; resuming submissions")
+        await self._gateway_answers()
         self.admission.pump()
-        await self.repo.update(
-            job,
-            state=JobState.SUBMITTED,
-            request_id=accepted.request_id,
-            polling_url=accepted.polling_url,
-            submitted_at=self._clock(),
-        )
+        if not await self.repo.mark_submitted(job, accepted.request_id, accepted.polling_url):
+            # Taken over while the submit was in flight (this process stalled past its
+            # lease): the new holder marked it interrupted, and its member may retry.
+            log.error(
+                "job %s: the gateway took it as %s after another process had taken it over"
+                " (it shows as interrupted)",
+                job.id,
+                accepted.request_id,
+            )
+            return False
         bind(request_id=accepted.request_id)
         log.info("job %s: submitted as %s (guild %s)", job.id, accepted.request_id, job.guild_id)
         await self._progress(job, Progress("submitted"))
@@ -427,6 +492,8 @@ class JobRunner:
             breaker_reason = previous  # a failed probe: wait for the next one
         # Open the breaker before anything else, so no other job starts a submit meanwhile.
         opened = breaker_reason is not None and self.breaker.open(breaker_reason)
+        if breaker_reason is not None:
+            self._breaker_seen_at = self._clock()
         await self.repo.update(job, state=JobState.PENDING)
         if breaker_reason is not None and (opened or breaker_reason != previous):
             # Newly paused, or paused for another reason (the outage ended on an empty wallet).
@@ -442,9 +509,27 @@ class JobRunner:
             await self._paused(job, OUTAGE)
 
     async def _paused(self, job: Job, reason: str) -> None:
-        """The breaker just opened: say so once."""
+        """The breaker just opened: say so once, across every process."""
+        self._breaker_seen_at = self._clock()
         log.warning("submissions paused: %s", reason)
+        if self.leases is not None:
+            try:
+                if not await self.leases.open_breaker(reason):
+                    return  # another process already told the admins
+            except StorageError as exc:
+                log.warning("could not share the pause with other processes: %s", exc)
         await self._safely(self.observer.gateway_paused(reason), job)
+
+    async def _gateway_answers(self) -> None:
+        """A call went through: close the breaker if it was open, here and for everyone."""
+        if not self.breaker.record_success():
+            return
+        log.info("the gateway takes requests again; resuming submissions")
+        if self.leases is not None:
+            try:
+                await self.leases.close_breaker()
+            except StorageError as exc:
+                log.warning("could not share the resumption with other processes: %s", exc)
 
     # -- polling -----------------------------------------------------------------
 
@@ -498,8 +583,11 @@ class JobRunner:
                 return None
             errors = 0
             last_status = status.status
-            if self.breaker.record_success():
+            if self.breaker.is_open:
+                await self._gateway_answers()
                 self.admission.pump()  # the gateway answers again: let waiting jobs go
+            else:
+                self.breaker.record_success()
             if status.status == "PROCESSING" and job.state is JobState.SUBMITTED:
                 await self.repo.update(job, state=JobState.PROCESSING)
             if status.status == "COMPLETED" and status.media_urls:
@@ -538,6 +626,9 @@ class JobRunner:
     async def _deliver(self, job: Job) -> None:
         """Download the image once and hand it over; retry both a few times."""
         assert job.media_url is not None
+        if self.leases is not None and not await self.leases.holds(job.id):
+            log.info("job %s: not delivered here, another process holds it now", job.id)
+            return
         media: DownloadedMedia | None = None
         for attempt in range(DELIVERY_ATTEMPTS):
             try:

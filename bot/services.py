@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from bot.cluster import Cluster
 from bot.commands_sync import CommandSync
 from bot.delivery import DiscordDelivery
 from bot.fair_use import FairUse
@@ -57,6 +58,7 @@ class Services:
     images: ImageWorker
     delivery: DiscordDelivery
     runner: JobRunner
+    cluster: Cluster
     job_service: JobService
     commands: CommandSync
     maintenance: Maintenance
@@ -74,7 +76,7 @@ class Services:
             await self.web.start()
         if self.poll_planner is not None:
             self.poll_planner.seed(await self.jobs.recent_generation_seconds(256))
-        resumed = await self.runner.resume()
+        resumed = await self.cluster.start()
         if resumed:
             log.info("resumed %d unfinished job(s)", len(resumed))
         self._tasks.append(
@@ -111,7 +113,9 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        await self.cluster.stop()
         await self.runner.close()
+        await self.cluster.leave()
         await self.delivery.close()
         await self.pixazo.close()
         if self.web is not None:

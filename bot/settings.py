@@ -90,7 +90,7 @@ class Settings(BaseSettings):
     DEV_GUILD_ID: int | None = None
     #: Jobs talking to the gateway at once, across all servers.
     MAX_CONCURRENT_JOBS: Annotated[int, Field(ge=1, le=10_000)] = 20
-    #: Status requests per second, across all jobs.
+    #: Status requests per second, across all jobs (and all processes sharing a database).
     STATUS_POLLS_PER_SECOND: Annotated[float, Field(gt=0, le=1000)] = 10.0
     #: First status poll this many seconds after a submit, then every POLL_INTERVAL_SECONDS,
     #: growing to at most POLL_MAX_INTERVAL_SECONDS.
@@ -147,6 +147,9 @@ class Settings(BaseSettings):
     #: contiguous range of the SHARD_COUNT shards.
     CLUSTER_INDEX: Annotated[int, Field(ge=0, le=10_000)] | None = None
     CLUSTER_COUNT: Annotated[int, Field(ge=1, le=10_000)] | None = None
+    #: A process holds each of its jobs for this many seconds, renewed by a heartbeat
+    #: every quarter of it; when a process dies, another takes its jobs once they lapse.
+    LEASE_SECONDS: Annotated[float, Field(ge=2, le=3600)] = 20.0
 
     def own_shards(self) -> list[int] | None:
         """The shard ids this process runs (None: every shard, as Discord recommends)."""

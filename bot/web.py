@@ -23,6 +23,7 @@ from typing import Any
 from aiohttp import web
 
 from bot.metrics import Metrics
+from bot.storage.interface import StorageError
 from bot.webhooks import WEBHOOK_PATH, verify
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class WebServer:
         *,
         readiness: ReadinessCheck,
         exposition: Exposition,
-        wake: Callable[[int], bool],
+        wake: Callable[[int], Awaitable[bool]],
         metrics: Metrics,
         webhook_secret: str | None = None,
     ) -> None:
@@ -203,7 +204,12 @@ class WebServer:
                 "ignored a webhook with a bad token for job %r from %s", raw_id[:40], address
             )
             return web.Response(status=404)
-        woken = self._wake(job_id)
+        try:
+            woken = await self._wake(job_id)
+        except StorageError as exc:
+            # Pixazo calls again (or the safety poll finds the result): nothing is lost.
+            log.warning("job %s: webhook not handled, the database did not answer: %s", job_id, exc)
+            return web.Response(status=503, headers={"Retry-After": "5"})
         self._metrics.webhook("woke" if woken else "ignored")
         log.info("job %s: webhook received (%s)", job_id, "woke" if woken else "not running")
         return web.Response(status=200, text="ok")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -33,7 +31,6 @@ NO_MENTIONS = discord.AllowedMentions.none()
 REGENERATE_EMOJI = "🔁"
 #: A member's 🔁 on one message starts at most one job per this many seconds.
 REACTION_COOLDOWN_SECONDS = 60.0
-REACTION_MEMORY = 10_000
 DELETE_EMOJI = "❌"
 NOT_YOURS = (
     "Only the member who asked for this image, or someone with Manage Messages, can delete it."
@@ -117,22 +114,6 @@ class VariationsCog(commands.Cog):
         self.settings = settings
         self.jobs = jobs
         self.delivery = delivery
-        #: When each (member, message) last started a job with 🔁 (bounded: oldest dropped).
-        self._reacted: OrderedDict[tuple[int, int], float] = OrderedDict()
-
-    def _cooled_down(self, user_id: int, message_id: int) -> bool:
-        """Whether a member's 🔁 on a message may start a job now (one per cooldown: taking
-        the reaction off and on again is no free loop of paid jobs)."""
-        now = time.monotonic()
-        key = (user_id, message_id)
-        last = self._reacted.get(key)
-        if last is not None and now - last < REACTION_COOLDOWN_SECONDS:
-            return False
-        self._reacted[key] = now
-        self._reacted.move_to_end(key)
-        while len(self._reacted) > REACTION_MEMORY:
-            self._reacted.popitem(last=False)
-        return True
 
     async def cog_load(self) -> None:
         self.bot.result_actions = self
@@ -262,7 +243,10 @@ class VariationsCog(commands.Cog):
             return
         if not await self.jobs.may_press(job, payload.user_id, payload.channel_id):
             return
-        if not self._cooled_down(payload.user_id, payload.message_id):
+        # One job per member, message and minute, whichever process sees the reaction (two
+        # processes on one shard both do): taking it off and on is no free loop of paid jobs.
+        key = f"reaction:{payload.message_id}:{payload.user_id}"
+        if not await self.jobs.take_window(key, REACTION_COOLDOWN_SECONDS):
             log.info("reaction on job %s: member %s is cooling down", job.id, payload.user_id)
             return
         channel = await self.delivery.channel_for(job)

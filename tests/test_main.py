@@ -953,12 +953,20 @@ def test_the_wheel_carries_bot_and_cogs_and_no_test_double(tmp_path: Path) -> No
 # -- compose: hardening, secrets, the webhook port ----------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["kreabot", "fake-pixazo", "kreabot-demo"])
+@pytest.mark.parametrize(
+    "name",
+    ["kreabot", "fake-pixazo", "kreabot-demo", "postgres", "kreabot-0", "kreabot-1", "kreabot-2"],
+)
 def test_compose_services_are_hardened_and_their_logs_rotated(name: str) -> None:
     service = compose()["services"][name]
     assert service["read_only"] is True, "a read-only root: the database is on its volume"
     assert "/tmp" in [entry.split(":")[0] for entry in service["tmpfs"]]
     assert service["cap_drop"] == ["ALL"]
+    # Only PostgreSQL's entrypoint gets some back (to hand its data folder to its user).
+    allowed = (
+        {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"} if name == "postgres" else set()
+    )
+    assert set(service.get("cap_add", [])) <= allowed
     assert "no-new-privileges:true" in service["security_opt"]
     logging_ = service["logging"]
     assert logging_["driver"] == "json-file"
@@ -970,8 +978,18 @@ def test_compose_gives_the_secrets_as_docker_secrets_the_bot_reads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     parsed = compose()
-    secrets = parsed["secrets"]
-    assert set(secrets) == {"DISCORD_TOKEN", "PIXAZO_API_KEY", "WEBHOOK_SECRET"}
+    everything = parsed["secrets"]
+    assert set(everything) == {
+        "DISCORD_TOKEN",
+        "PIXAZO_API_KEY",
+        "WEBHOOK_SECRET",
+        "DATABASE_URL",  # the cluster profile's bots
+        "POSTGRES_PASSWORD",  # the cluster profile's PostgreSQL
+    }
+    for name, spec in everything.items():
+        assert spec == {"file": f"./secrets/{name}"}
+        assert dockerignored(f"secrets/{name}"), "a secret file would reach the build context"
+    secrets = {name: spec for name, spec in everything.items() if name != "POSTGRES_PASSWORD"}
     for name, spec in secrets.items():
         assert name in Settings.model_fields  # mounted at /run/secrets/<NAME>: the setting
         assert spec == {"file": f"./secrets/{name}"}
@@ -979,8 +997,10 @@ def test_compose_gives_the_secrets_as_docker_secrets_the_bot_reads(
     ignore = (REPO_ROOT / "secrets" / ".gitignore").read_text().splitlines()
     assert "*" in ignore and "!.gitignore" in ignore, "secrets/ must never be committed"
     services = parsed["services"]
-    assert sorted(services["kreabot"]["secrets"]) == sorted(secrets)
+    assert sorted(services["kreabot"]["secrets"]) == sorted(set(secrets) - {"DATABASE_URL"})
     assert services["kreabot-demo"]["secrets"] == ["DISCORD_TOKEN"]
+    assert sorted(services["kreabot-1"]["secrets"]) == sorted(secrets)
+    assert services["postgres"]["secrets"] == ["POSTGRES_PASSWORD"]
     # The bot reads /run/secrets by itself; files laid out as compose mounts them work.
     assert Path("/run/secrets") == bot_config.DEFAULT_SECRETS_DIR
     for name in Settings.model_fields:
@@ -988,13 +1008,62 @@ def test_compose_gives_the_secrets_as_docker_secrets_the_bot_reads(
     run_secrets = tmp_path / "run-secrets"
     run_secrets.mkdir()
     for name in secrets:
-        (run_secrets / name).write_text(f"{name.lower()}-value-from-a-file\n")
+        value = f"{name.lower()}-value-from-a-file"
+        if name == "DATABASE_URL":
+            value = "postgresql://kreabot:from-a-file@postgres:5432/kreabot"
+        (run_secrets / name).write_text(value + "\n")
     monkeypatch.setattr(bot_config, "DEFAULT_SECRETS_DIR", run_secrets)
     monkeypatch.delenv("SECRETS_DIR", raising=False)
     monkeypatch.chdir(tmp_path)
     settings = bot_config.load_settings(env_file=None)
     assert settings.DISCORD_TOKEN.get_secret_value() == "discord_token-value-from-a-file"
     assert settings.WEBHOOK_SECRET is not None
+    assert settings.DATABASE_URL is not None and "from-a-file@postgres" in str(
+        settings.DATABASE_URL.get_secret_value()
+    )
+
+
+def test_compose_cluster_profile_splits_every_shard_between_its_bots_on_one_postgres(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    services = compose()["services"]
+    bots = {
+        name: s
+        for name, s in services.items()
+        if name.startswith("kreabot-") and name[-1].isdigit()
+    }
+    assert sorted(bots) == ["kreabot-0", "kreabot-1", "kreabot-2"]
+    for service in [*bots.values(), services["postgres"]]:
+        # Never started by a plain `docker compose up` (the single bot is).
+        assert service["profiles"] == ["cluster"]
+    for service in bots.values():
+        assert service["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+        assert service["image"] == services["kreabot"]["image"]
+    assert "ports" not in services["postgres"], "only the bots reach the database"
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"] == (
+        "/run/secrets/POSTGRES_PASSWORD"
+    )
+    # The settings each bot gets are valid and together run every shard exactly once.
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name, raising=False)
+    shards: list[int] = []
+    counts = set()
+    for service in bots.values():
+        settings = Settings(
+            _env_file=None,
+            DISCORD_TOKEN="t",
+            PIXAZO_API_KEY="k",
+            DATABASE_URL="postgresql://kreabot@postgres:5432/kreabot",
+            **service["environment"],
+        )
+        assert settings.own_shards() is not None
+        shards += settings.own_shards() or []
+        counts.add(settings.SHARD_COUNT)
+    (count,) = counts
+    assert sorted(shards) == list(range(count))
+    text = (REPO_ROOT / "docker-compose.yml").read_text()
+    assert "--profile cluster up -d postgres kreabot-0 kreabot-1 kreabot-2" in text
+    assert "--profile cluster up -d" in (REPO_ROOT / "README.md").read_text()
 
 
 def test_compose_documents_the_webhook_port() -> None:

@@ -323,6 +323,26 @@ class ConfigStore:
                 found.append((int(guild_id), channel_id))
         return found
 
+    async def take_window(self, key: str, seconds: float) -> bool:
+        """Take ``key`` for ``seconds``, unless it is already taken (by any process): True
+        for the one caller that got it. (``ON CONFLICT … DO UPDATE … WHERE``: one statement,
+        so two processes cannot both take it.)"""
+        now = self._clock()
+        written = await self._db.write(
+            "INSERT INTO cooldowns (key, expires_at) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+            "WHERE cooldowns.expires_at <= ?",
+            (key, now + seconds, now),
+        )
+        return written.rowcount == 1
+
+    async def prune_windows(self) -> int:
+        """Forget the windows that ended; returns how many."""
+        written = await self._db.write(
+            "DELETE FROM cooldowns WHERE expires_at <= ?", (self._clock(),)
+        )
+        return written.rowcount
+
     async def get_meta(self, key: str) -> str | None:
         """A bot-wide fact (e.g. the hash of the last synced command set)."""
         row = await self._db.fetchone("SELECT value FROM meta WHERE key = ?", (key,))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -152,6 +152,22 @@ class Database(Queryable, Protocol):
 
     async def schema_version(self) -> int:
         """The number of the latest migration applied."""
+        ...
+
+    def try_lock(self, *key: object) -> contextlib.AbstractAsyncContextManager[bool]:
+        """Try to take the lock named by ``key`` for the block, without waiting: the block
+        gets True when this process holds it (no other process can meanwhile), False when
+        another process does. (SQLite: always True, one process uses the file.)"""
+        ...
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` for every :meth:`notify` on ``channel``, from any
+        process sharing the database, until :meth:`close`. (SQLite: never called; nothing
+        else shares the file.)"""
+        ...
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """Tell every process listening on ``channel`` (this one included)."""
         ...
 
     def describe(self) -> str:

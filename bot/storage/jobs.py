@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from bot.pixazo import TextToImageRequest
 from bot.storage.db import Connection, Database, Queryable, Row
+from bot.storage.leases import Lease
 
 
 class JobState(StrEnum):
@@ -103,6 +104,8 @@ class Job:
     batch_index: int | None = None
     batch_size: int = 1
     retried_by: int | None = None
+    owner: str | None = None
+    lease_expires_at: float | None = None
     created_at: float = 0.0
     submitted_at: float | None = None
     finished_at: float | None = None
@@ -181,12 +184,27 @@ def _encode(column: str, value: Any) -> Any:
     return value.value if isinstance(value, JobState) else value
 
 
-class JobRepository:
-    """Reads and writes jobs."""
+#: What :meth:`JobRepository.mark_submitting` found: the job is this process's to send,
+#: its member already has as many jobs at the gateway as allowed (across every process),
+#: or the job is not this process's any more (cancelled, or taken over).
+SubmitClaim = Literal["go", "busy", "lost"]
+#: The states in which a job is at the gateway (counted against a member's in-flight limit).
+IN_FLIGHT_STATES = (JobState.SUBMITTING, JobState.SUBMITTED, JobState.PROCESSING)
 
-    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
+
+class JobRepository:
+    """Reads and writes jobs.
+
+    With a ``lease``, the jobs this process creates or reopens are its own (their
+    ``owner``), and the transitions that cost money are made only while they still are.
+    """
+
+    def __init__(
+        self, db: Database, clock: Callable[[], float] = time.time, lease: Lease | None = None
+    ) -> None:
         self._db = db
         self._clock = clock
+        self.lease = lease
 
     @property
     def clock(self) -> Callable[[], float]:
@@ -253,15 +271,84 @@ class JobRepository:
         polled again, or its image fetched again); False when it is not failed any more
         (another press got there first)."""
         now = self._clock()
+        owner = self.lease.owner if self.lease else None
+        until = self.lease.until(now) if self.lease else None
         cursor = await self._db.write(
             "UPDATE jobs SET state = ?, error_kind = NULL, error_text = NULL, finished_at = NULL,"
-            " submitted_at = ?, updated_at = ? WHERE id = ? AND state IN ('failed', 'interrupted')",
-            (state.value, now, now, job.id),
+            " submitted_at = ?, updated_at = ?, owner = ?, lease_expires_at = ?"
+            " WHERE id = ? AND state IN ('failed', 'interrupted')",
+            (state.value, now, now, owner, until, job.id),
         )
         if cursor.rowcount != 1:
             return False
         job.state, job.error_kind, job.error_text = state, None, None
         job.finished_at, job.submitted_at, job.updated_at = None, now, now
+        return True
+
+    async def mark_submitting(self, job: Job, member_limit: int) -> SubmitClaim:
+        """Mark a pending job as being sent, on disk before it returns (the paid request
+        leaves only after this): "go". Unless its member already has ``member_limit`` jobs
+        at the gateway, counted in the database so that it holds across every process
+        ("busy": it stays pending), or the job is not pending and this process's any more
+        ("lost": cancelled, or taken over by another process)."""
+        now = self._clock()
+        owned = "AND owner = ?" if self.lease is not None else ""
+        owner_args: tuple[Any, ...] = (self.lease.owner,) if self.lease is not None else ()
+        async with self._db.transaction(durable=True) as connection:
+            # One member's submits take turns, whichever process makes them.
+            await connection.lock("in-flight", job.guild_id, job.user_id)
+            marks = ", ".join("?" for _ in IN_FLIGHT_STATES)
+            row = await connection.fetchone(
+                f"SELECT COUNT(*) FROM jobs WHERE guild_id {connection.dialect.null_safe_equals} ?"
+                f" AND user_id = ? AND state IN ({marks}) AND id != ?",
+                (job.guild_id, job.user_id, *(s.value for s in IN_FLIGHT_STATES), job.id),
+            )
+            if row is not None and int(row[0]) >= member_limit:
+                pending = await connection.fetchone(
+                    f"SELECT 1 FROM jobs WHERE id = ? AND state = 'pending' {owned}",
+                    (job.id, *owner_args),
+                )
+                return "busy" if pending is not None else "lost"
+            written = await connection.execute(
+                "UPDATE jobs SET state = ?, submitted_at = ?, updated_at = ? "
+                f"WHERE id = ? AND state = 'pending' {owned}",
+                (JobState.SUBMITTING.value, now, now, job.id, *owner_args),
+            )
+            if written.rowcount != 1:
+                return "lost"
+        job.state, job.submitted_at, job.updated_at = JobState.SUBMITTING, now, now
+        return "go"
+
+    async def mark_submitted(self, job: Job, request_id: str, polling_url: str | None) -> bool:
+        """Record the request the gateway took; False when the job is not this process's
+        any more (another process took it over while the submit was in flight, and has
+        marked it interrupted): the request id is then only logged."""
+        now = self._clock()
+        owned = "AND owner = ?" if self.lease is not None else ""
+        owner_args: tuple[Any, ...] = (self.lease.owner,) if self.lease is not None else ()
+        written = await self._db.write(
+            "UPDATE jobs SET state = ?, request_id = ?, polling_url = ?, submitted_at = ?,"
+            f" updated_at = ? WHERE id = ? AND state = 'submitting' {owned}",
+            (JobState.SUBMITTED.value, request_id, polling_url, now, now, job.id, *owner_args),
+        )
+        if written.rowcount != 1:
+            return False
+        job.state, job.request_id, job.polling_url = JobState.SUBMITTED, request_id, polling_url
+        job.submitted_at = job.updated_at = now
+        return True
+
+    async def cancel_pending(self, job: Job) -> bool:
+        """Cancel a job that is still pending, whichever process holds it; False when it is
+        not pending any more."""
+        now = self._clock()
+        written = await self._db.write(
+            "UPDATE jobs SET state = ?, finished_at = ?, updated_at = ? "
+            "WHERE id = ? AND state = 'pending'",
+            (JobState.CANCELLED.value, now, now, job.id),
+        )
+        if written.rowcount != 1:
+            return False
+        job.state, job.finished_at, job.updated_at = JobState.CANCELLED, now, now
         return True
 
     async def _insert(
@@ -291,6 +378,9 @@ class JobRepository:
                 "created_at": now,
                 "updated_at": now,
             }
+            if self.lease is not None:
+                values["owner"] = self.lease.owner
+                values["lease_expires_at"] = self.lease.until(now)
             marks = ", ".join("?" for _ in values)
             job_id = await connection.insert_returning_id(
                 f"INSERT INTO jobs ({', '.join(values)}) VALUES ({marks})", tuple(values.values())
@@ -314,6 +404,8 @@ class JobRepository:
                     batch_id=batch_id,
                     batch_index=index if grouped else None,
                     batch_size=len(batch) if grouped else 1,
+                    owner=values.get("owner"),
+                    lease_expires_at=values.get("lease_expires_at"),
                     created_at=now,
                     updated_at=now,
                 )
@@ -329,6 +421,19 @@ class JobRepository:
         """The job with this id, or None."""
         row = await self._db.fetchone("SELECT * FROM jobs WHERE id = ?", (job_id,))
         return _row_to_job(row) if row else None
+
+    async def many(self, job_ids: Iterable[int]) -> list[Job]:
+        """The jobs with these ids that exist, in id order."""
+        ids = sorted(set(job_ids))
+        jobs: list[Job] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join("?" for _ in chunk)
+            rows = await self._db.fetchall(
+                f"SELECT * FROM jobs WHERE id IN ({marks}) ORDER BY id", tuple(chunk)
+            )
+            jobs += [_row_to_job(row) for row in rows]
+        return jobs
 
     async def by_result_message(self, message_id: int) -> Job | None:
         """The job whose image is in this message (or whose own message it is)."""

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -169,8 +169,13 @@ class PostgresDatabase:
 
     def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self.pool = pool
+        self._url = url
         self._where = redact_url(url)
         self._closed = False
+        #: The connection LISTENing for notifications (opened by the first listen()).
+        self._listener: asyncpg.Connection | None = None
+        self._listening: dict[str, Callable[[str], None]] = {}
+        self._relisten: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
     async def transaction(self, *, durable: bool = False) -> AsyncIterator[PostgresConnection]:
@@ -206,6 +211,78 @@ class PostgresDatabase:
         """The latest migration recorded in ``schema_version``."""
         return int(await self.pool.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
 
+    @contextlib.asynccontextmanager
+    async def try_lock(self, *key: object) -> AsyncIterator[bool]:
+        """``pg_try_advisory_lock`` on a connection of its own, held for the block."""
+        number = lock_key(*key)
+        with translated():
+            connection = await self.pool.acquire()
+        try:
+            with translated():
+                held = bool(await connection.fetchval("SELECT pg_try_advisory_lock($1)", number))
+            try:
+                yield held
+            finally:
+                if held:
+                    with contextlib.suppress(
+                        asyncpg.PostgresError, asyncpg.InterfaceError, OSError
+                    ):
+                        await connection.execute("SELECT pg_advisory_unlock($1)", number)
+        finally:
+            await self.pool.release(connection)
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """``LISTEN`` on a connection kept for it (outside the pool); re-opened, and every
+        channel listened to again, when it breaks."""
+        self._listening[channel] = callback
+        with translated():
+            if self._listener is None or self._listener.is_closed():
+                await self._open_listener()
+            else:
+                await self._listener.add_listener(channel, self._on_notification)
+
+    async def _open_listener(self) -> None:
+        connection: asyncpg.Connection = await asyncpg.connect(
+            self._url,
+            timeout=CONNECT_TIMEOUT,
+            server_settings={"application_name": "kreabot-listen"},
+        )
+        for channel in self._listening:
+            await connection.add_listener(channel, self._on_notification)
+        connection.add_termination_listener(self._on_listener_lost)
+        self._listener = connection
+
+    def _on_notification(self, connection: object, pid: int, channel: str, payload: object) -> None:
+        callback = self._listening.get(channel)
+        if callback is not None:
+            try:
+                callback(str(payload))
+            except Exception:
+                log.exception("a notification on %s could not be handled", channel)
+
+    def _on_listener_lost(self, connection: object) -> None:
+        if self._closed or (self._relisten is not None and not self._relisten.done()):
+            return
+        log.warning("the database connection listening for notifications was lost; reopening")
+        self._relisten = asyncio.get_running_loop().create_task(self._reopen_listener())
+
+    async def _reopen_listener(self) -> None:
+        delay = 1.0
+        while not self._closed:
+            try:
+                await self._open_listener()
+                log.info("listening for notifications again")
+                return
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("could not listen for notifications yet (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """``pg_notify(channel, payload)``."""
+        with translated():
+            await self.pool.execute("SELECT pg_notify($1, $2)", channel, payload)
+
     def describe(self) -> str:
         """``PostgreSQL <url without its password>``."""
         return f"PostgreSQL {self._where}"
@@ -223,6 +300,11 @@ class PostgresDatabase:
         if self._closed:
             return
         self._closed = True
+        if self._relisten is not None:
+            self._relisten.cancel()
+        if self._listener is not None and not self._listener.is_closed():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._listener.close(), CLOSE_TIMEOUT)
         try:
             await asyncio.wait_for(self.pool.close(), CLOSE_TIMEOUT)
         except TimeoutError:

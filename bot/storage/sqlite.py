@@ -14,7 +14,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +153,17 @@ class SqliteDatabase:
         """``PRAGMA user_version``: the latest migration applied."""
         row = await self.fetchone("PRAGMA user_version")
         return int(row[0]) if row else 0
+
+    @contextlib.asynccontextmanager
+    async def try_lock(self, *key: object) -> AsyncIterator[bool]:
+        """Always held: one process uses an SQLite file."""
+        yield True
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Nothing to listen to: no other process shares the file."""
+
+    async def notify(self, channel: str, payload: str) -> None:
+        """No other process to tell."""
 
     def describe(self) -> str:
         """``SQLite <path>``."""

@@ -44,6 +44,24 @@ class RecordingRepository(JobRepository):
             self.states.setdefault(job.id, []).append(changes["state"])
         return await super().update(job, **changes)
 
+    async def mark_submitting(self, job: Job, member_limit: int) -> Any:
+        claim = await super().mark_submitting(job, member_limit)
+        if claim == "go":
+            self.states.setdefault(job.id, []).append(JobState.SUBMITTING)
+        return claim
+
+    async def mark_submitted(self, job: Job, request_id: str, polling_url: str | None) -> bool:
+        taken = await super().mark_submitted(job, request_id, polling_url)
+        if taken:
+            self.states.setdefault(job.id, []).append(JobState.SUBMITTED)
+        return taken
+
+    async def cancel_pending(self, job: Job) -> bool:
+        cancelled = await super().cancel_pending(job)
+        if cancelled:
+            self.states.setdefault(job.id, []).append(JobState.CANCELLED)
+        return cancelled
+
     async def complete(self, job_ids: Any, message_id: int) -> None:
         job_ids = tuple(job_ids)
         for job_id in job_ids:

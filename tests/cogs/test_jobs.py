@@ -98,6 +98,7 @@ async def test_jobs_lists_only_the_members_own_jobs_with_links(world: World) -> 
         world.pixazo.manual = True
         running = await launch(world, "a running one")
         await wait_for_submits(world, 3)
+        await states(world, {"a running one": "processing"})  # polled once: "generating"
         await launch(world, "a queued one")
         await launch(world, "someone else's", user=world.guild.admin)
         _, mine = await jobs_list(world, member)

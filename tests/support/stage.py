@@ -48,6 +48,8 @@ class Stage:
         connected."""
         connected = sum(1 for c in self.discord.connections if c.ready)
         number = len(self.processes) + 1
+        # On PostgreSQL a killed process's jobs are taken once their lease lapses: short.
+        settings.setdefault("LEASE_SECONDS", "3")
         process = await BotProcess.start(
             self.discord,
             self.pixazo,

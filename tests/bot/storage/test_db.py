@@ -251,7 +251,16 @@ async def test_both_backends_end_with_the_same_schema(tmp_path: Path, postgres_u
         await sqlite.close()
         await postgres.close()
 
-    assert set(on_sqlite["tables"]) == {"jobs", "scope_settings", "presets", "member_prefs", "meta"}
+    assert set(on_sqlite["tables"]) == {
+        "jobs",
+        "scope_settings",
+        "presets",
+        "member_prefs",
+        "meta",
+        "processes",
+        "breaker",
+        "cooldowns",
+    }
     assert on_postgres == on_sqlite
 
 

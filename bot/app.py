@@ -147,7 +147,7 @@ class KreaBot(commands.AutoShardedBot):
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         """Identify as fast as Discord allows: shards of one ``max_concurrency`` bucket at
-        least 5 s apart (discord.py's default waits 5 s before every shard)."""
+        least 5 s apart, in every process (discord.py's default waits 5 s before each)."""
         if self._max_concurrency is None:
             try:
                 self._max_concurrency = max(
@@ -160,6 +160,8 @@ class KreaBot(commands.AutoShardedBot):
         last = self._identified.get(bucket)
         if last is not None and (wait := last + IDENTIFY_INTERVAL - loop.time()) > 0:
             await asyncio.sleep(wait)
+        if self._services is not None:  # and after the other processes on the database
+            await self._services.cluster.identify_turn(bucket, IDENTIFY_INTERVAL)
         self._identified[bucket] = loop.time()
 
     def shard_latencies(self) -> dict[int, float]:

@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 WAKE_CHANNEL = "kreabot_wake"
 #: Seconds between two looks for jobs whose lease lapsed (at most).
 SCAN_SECONDS = 1.0
+#: Added to Discord's identify interval between processes (the identify leaves a moment
+#: after its turn is written).
+IDENTIFY_MARGIN = 0.25
 
 
 def process_id() -> str:
@@ -117,6 +120,22 @@ class Cluster:
             return
         if released:
             log.info("released %d unfinished job(s) for the next process", released)
+
+    async def identify_turn(self, bucket: int, interval: float) -> None:
+        """Wait until this process may identify a shard of ``bucket`` (``shard_id %
+        max_concurrency``): Discord allows one per bucket every ``interval`` seconds, for
+        the whole bot, so the processes take turns through the database."""
+        if self.exclusive:
+            return
+        while True:
+            try:
+                wait = await self.leases.identify_slot(bucket, interval + IDENTIFY_MARGIN)
+            except StorageError as exc:
+                log.warning("identifying without the other processes' turns: %s", exc)
+                return
+            if wait <= 0:
+                return
+            await asyncio.sleep(wait)
 
     async def wake(self, job_id: int) -> bool:
         """A webhook for ``job_id`` arrived here: poll it now, wherever it runs. False when

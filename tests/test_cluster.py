@@ -333,3 +333,25 @@ async def test_a_webhook_reaching_another_process_wakes_the_job_s_owner(
     assert "webhook received" in processes[0].log()
     assert row["delivered_at"] - row["submitted_at"] < 30  # long before a safety poll
     assert_no_traceback(bot_messages(cluster.discord))
+
+
+async def test_processes_starting_at_once_take_turns_to_identify(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    # One identify per 5 s for the whole bot (max_concurrency 1): Discord answers a second
+    # one sooner with "invalid session", whichever process sends it.
+    async with cluster_of(
+        tmp_path, postgres_url, shards=2, max_concurrency=1, enforce_identify_rate=True
+    ) as cluster:
+        cluster.discord.add_guild()
+        await asyncio.gather(*(cluster.start(**cluster_settings(i, 2, 2)) for i in range(2)))
+        await cluster.discord.wait_for(
+            lambda: sum(1 for c in cluster.discord.connections if c.ready) >= 2,
+            STARTUP_TIMEOUT,
+            what="both processes to connect",
+        )
+
+    log = cluster.discord.identify_log
+    assert [record.accepted for record in log] == [True, True], log
+    assert sorted(record.shard for record in log) == [(0, 2), (1, 2)]
+    assert log[1].time - log[0].time >= 5.0

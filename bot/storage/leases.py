@@ -197,6 +197,28 @@ class LeaseStore:
         )
         return written.rowcount == 1
 
+    # -- identifying -----------------------------------------------------------------
+
+    async def identify_slot(self, bucket: int, interval: float) -> float:
+        """Take the next identify of ``bucket`` for this process: 0 when taken (no other
+        process identified in that bucket for ``interval`` seconds), else the seconds to
+        wait before asking again."""
+        key = f"identify:{bucket}"
+        now = self._clock()
+        async with self._db.transaction() as connection:
+            await connection.lock("identify", bucket)
+            row = await connection.fetchone(
+                "SELECT expires_at FROM cooldowns WHERE key = ?", (key,)
+            )
+            if row is not None and float(row[0]) > now:
+                return float(row[0]) - now
+            await connection.execute(
+                "INSERT INTO cooldowns (key, expires_at) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at",
+                (key, now + interval),
+            )
+        return 0.0
+
     # -- the breaker -----------------------------------------------------------------
 
     async def breaker(self) -> SharedBreaker:

@@ -95,6 +95,8 @@ class Cluster:
     async def start(self) -> list[Job]:
         """Join: register, listen for wake-ups, take the jobs that need a process (every
         unfinished one when exclusive) and start the heartbeat. Returns the jobs started."""
+        if self.exclusive:
+            await self._db.hold_alone()  # a second process on the file would steal its jobs
         await self.leases.register(self._shards)
         if not self.exclusive:
             await self._db.listen(WAKE_CHANNEL, self._on_wake)

@@ -8,8 +8,13 @@ outlive both bot processes.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from tests.support.bot_process import BotProcess
 from tests.support.checks import assert_no_traceback, assert_pings_nobody, bot_messages, job_rows
-from tests.support.stage import Stage, images_posted
+from tests.support.stage import STARTUP_TIMEOUT, Stage, images_posted
 
 PROMPT = "a lighthouse at dusk, oil on canvas"
 
@@ -72,3 +77,33 @@ async def test_killed_while_submitting_the_job_is_interrupted_not_resent(stage: 
     assert len(stage.pixazo.jobs) == 1
     assert_pings_nobody(message)
     assert_no_traceback(bot_messages(stage.discord))
+
+
+async def test_a_second_bot_on_the_same_sqlite_file_is_refused_and_the_first_keeps_working(
+    stage: Stage,
+) -> None:
+    if not isinstance(stage.database, Path):
+        pytest.skip("several processes share a PostgreSQL database (tests/test_cluster.py)")
+    first = await stage.start_bot()
+    second = await BotProcess.start(
+        stage.discord,
+        stage.pixazo,
+        stage.database,
+        stage.tmp_path / "second.log",
+        args=["run"],
+        cwd=stage.tmp_path,
+    )
+    code = await second.wait(STARTUP_TIMEOUT)
+
+    assert code == 2
+    assert "in use by another kreabot process" in second.log()
+    assert "use PostgreSQL (DATABASE_URL)" in second.log()
+    # The first one never noticed: it still answers and delivers.
+    handle = await stage.imagine(prompt=PROMPT, seed=13)
+    result = await handle.wait_for_original(lambda m: bool(m.attachments), timeout=10.0)
+    assert images_posted(stage.discord) == [result]
+    assert first.running()
+
+    # Killed, it lets the file go: a new process takes over at once.
+    await first.kill()
+    await stage.start_bot()

@@ -154,6 +154,12 @@ class Database(Queryable, Protocol):
         """The number of the latest migration applied."""
         ...
 
+    async def hold_alone(self) -> None:
+        """For the bot process that runs the jobs: refuse (:class:`DatabaseOpenError`) when
+        another process already runs them on a database made for one process (SQLite);
+        nothing to do on PostgreSQL."""
+        ...
+
     def try_lock(self, *key: object) -> contextlib.AbstractAsyncContextManager[bool]:
         """Try to take the lock named by ``key`` for the block, without waiting: the block
         gets True when this process holds it (no other process can meanwhile), False when

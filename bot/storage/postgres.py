@@ -211,6 +211,9 @@ class PostgresDatabase:
         """The latest migration recorded in ``schema_version``."""
         return int(await self.pool.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version"))
 
+    async def hold_alone(self) -> None:
+        """Nothing to hold: processes share a PostgreSQL database."""
+
     @contextlib.asynccontextmanager
     async def try_lock(self, *key: object) -> AsyncIterator[bool]:
         """``pg_try_advisory_lock`` on a connection of its own, held for the block."""

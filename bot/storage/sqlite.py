@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
@@ -108,6 +110,7 @@ class SqliteDatabase:
         self.path = path
         self._reader = SqliteConnection(connection)
         self._write_lock = asyncio.Lock()
+        self._alone: int | None = None
 
     @contextlib.asynccontextmanager
     async def transaction(self, *, durable: bool = False) -> AsyncIterator[SqliteConnection]:
@@ -154,6 +157,28 @@ class SqliteDatabase:
         row = await self.fetchone("PRAGMA user_version")
         return int(row[0]) if row else 0
 
+    async def hold_alone(self) -> None:
+        """Hold the file's process lock (``<file>.lock``, ``flock``) until :meth:`close`: a
+        second bot process on the same file is refused when it starts, as one process uses
+        an SQLite file (the system lets the lock go when the process ends, even killed)."""
+        if self._alone is not None or str(self.path) in ("", ":memory:"):
+            return
+        path = Path(self.path)
+        try:
+            fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise DatabaseOpenError(f"SQLite {path} cannot be locked ({exc})") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise DatabaseOpenError(
+                f"SQLite {path} is in use by another kreabot process: one process per SQLite "
+                "file (stop the other one); to run several processes, use PostgreSQL "
+                "(DATABASE_URL)"
+            ) from None
+        self._alone = fd
+
     @contextlib.asynccontextmanager
     async def try_lock(self, *key: object) -> AsyncIterator[bool]:
         """Always held: one process uses an SQLite file."""
@@ -177,8 +202,11 @@ class SqliteDatabase:
             return False
 
     async def close(self) -> None:
-        """Close the connection (idempotent)."""
+        """Close the connection (idempotent) and let the process lock go."""
         await self.connection.close()
+        if self._alone is not None:
+            os.close(self._alone)  # closing the descriptor releases the flock
+            self._alone = None
 
 
 async def open_sqlite(path: str | Path) -> SqliteDatabase:
